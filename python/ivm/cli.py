@@ -1,0 +1,360 @@
+"""The `ivm` command line: parse, call the core, print. Errors are caught once, in main()."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from ivm import __version__
+from ivm.config import Settings
+from ivm.errors import Exit, ToolError
+from ivm.hypervisor.storage import Progress
+from ivm.identity.disk import build_identity_disk
+from ivm.identity.source import load_identity
+from ivm.image import image_file, inspect, nix_build
+from ivm.names import check_vm_name
+from ivm.ops import define as define_ops
+from ivm.ops import destroy as destroy_ops
+from ivm.ops import power, provision
+from ivm.ops import status as status_ops
+from ivm.ops.session import vm_session
+from ivm.run import find_tool
+
+log = logging.getLogger("ivm")
+IMAGE_OPTION = click.option(
+    "--image",
+    type=click.Path(path_type=Path),
+    help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
+)
+NAME = click.argument("name", metavar="NAME")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--machines",
+    "machines_file",
+    type=click.Path(path_type=Path),
+    envvar="IVM_MACHINES",
+    help="machines.json made by the flake (env IVM_MACHINES; the flake apps pass it).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="IVM_ROOT",
+    help="Project folder holding machines/<name>/ (default: nearest flake.nix upwards).",
+)
+@click.option("--flake", envvar="IVM_FLAKE", help="Flake to build images from (default: the project folder).")
+@click.option(
+    "--connect",
+    "-c",
+    "connect",
+    metavar="URI",
+    help="libvirt URI; beats the machine's libvirt_uri and LIBVIRT_URI (default qemu:///system).",
+)
+@click.option(
+    "--virt-type",
+    type=click.Choice(["kvm", "qemu"]),
+    envvar="IVM_VIRT_TYPE",
+    help="Domain type; default kvm where hardware virtualisation works, else qemu.",
+)
+@click.option("--debug", is_flag=True, envvar="IVM_DEBUG", help="Log every step; show tracebacks.")
+@click.version_option(__version__, prog_name="ivm")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    machines_file: Path | None,
+    root: Path | None,
+    flake: str | None,
+    connect: str | None,
+    virt_type: str | None,
+    debug: bool,
+) -> None:
+    """Run many libvirt VMs from one immutable NixOS base image.
+
+    Each VM gets a read-only copy-on-write overlay of the shared base, its own /var disk and a
+    small identity disk (machine-id, SSH host key, network and firewall settings) made from
+    machines/NAME/ in the project. The var disk is never overwritten, and deleted only by
+    `destroy --delete-data`.
+
+    \b
+    First run:   ivm up web1            (build, create, define, start)
+    Step by step: ivm create web1; ivm define web1; ivm start web1
+
+    Environment: LIBVIRT_URI, IVM_POOL (pool name, default ivm), IVM_POOL_PATH, OVMF_CODE and
+    OVMF_VARS (explicit firmware), NIX (the nix command). Exit codes: 0 ok, 1 failed, 2 bad input.
+    """
+    _setup_logging(debug)
+    ctx.obj = Settings.from_env(
+        machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
+    )
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def build(settings: Settings, name: str) -> None:
+    """Build NAME's base image with Nix and print its path and base hash."""
+    check_vm_name(name)
+    machine = settings.machine(name)
+    image = inspect(image_file(nix_build(settings.flake_ref(), machine.image_attr, settings.nix)))
+    click.echo(f"{image.path}\tbase-{image.hash}")
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def create(settings: Settings, name: str, image: Path | None) -> None:
+    """Create NAME's disks: import the base if new, make the boot overlay, var and identity disks.
+
+    Missing identity files (machine-id, hostname, SSH host key) are generated in machines/NAME/.
+    Running it again finishes an interrupted run; on a complete VM it changes nothing.
+    """
+    with vm_session(settings, name) as s:
+        _print_create(provision.create(s, image, _progress))
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def define(settings: Settings, name: str) -> None:
+    """Define (or update) NAME's libvirt domain; it takes effect at the next boot."""
+    with vm_session(settings, name) as s:
+        _print_define(define_ops.define(s))
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def xml(settings: Settings, name: str, image: Path | None) -> None:
+    """Print the domain XML that `define` would use."""
+    with vm_session(settings, name) as s:
+        click.echo(define_ops.render_xml(s, image), nl=False)
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def start(settings: Settings, name: str) -> None:
+    """Start NAME."""
+    with vm_session(settings, name) as s:
+        click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def up(settings: Settings, name: str, image: Path | None) -> None:
+    """Build, create, define and start NAME: the one command for a new VM. Safe to repeat."""
+    with vm_session(settings, name) as s:
+        _print_create(provision.create(s, image, _progress))
+        _print_define(define_ops.define(s))
+        click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
+
+
+@cli.command()
+@NAME
+@click.option("--force", is_flag=True, help="Power off if the guest has not shut down in time.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a graceful shutdown.",
+)
+@click.pass_obj
+def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
+    """Shut NAME down (ACPI power button), waiting up to --timeout seconds."""
+    with vm_session(settings, name) as s:
+        how = power.stop(s, force, timeout)
+    click.echo(
+        {
+            "already": f"{name}: already stopped",
+            "shutdown": f"{name}: stopped",
+            "forced": f"{name}: powered off (forced)",
+        }[how]
+    )
+
+
+@cli.command()
+@NAME
+@click.option("--delete-data", is_flag=True, help="Also delete the var disk: all of NAME's data.")
+@click.option("--force", is_flag=True, help="Power NAME off first if it is running.")
+@click.pass_obj
+def destroy(settings: Settings, name: str, delete_data: bool, force: bool) -> None:
+    """Undefine NAME and delete its boot and identity disks. The var disk is kept unless
+    --delete-data is given, so `ivm create NAME` later brings the VM back with its data."""
+    with vm_session(settings, name) as s:
+        r = destroy_ops.destroy(s, delete_data, force)
+    parts = (["undefined"] if r.undefined else []) + [f"deleted {v}" for v in r.deleted]
+    click.echo(f"{name}: {', '.join(parts) if parts else 'nothing to destroy'}")
+    if r.kept_var:
+        click.echo(f"{name}: kept its data on {r.kept_var} (delete it with --delete-data)")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(settings: Settings, as_json: bool) -> None:
+    """List every machine with its state and base."""
+    _print_status(status_ops.status(settings), as_json, detail=False)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(settings: Settings, names: tuple[str, ...], as_json: bool) -> None:
+    """Show state, base, disks and var usage of the named machines (default: all)."""
+    _print_status(status_ops.status(settings, names), as_json, detail=True)
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def console(settings: Settings, name: str) -> None:
+    """Attach to NAME's serial console (leave with Ctrl-]). Runs `virsh console`."""
+    check_vm_name(name)
+    uri = settings.uri_for(settings.machine(name))
+    virsh = find_tool("virsh", "the libvirt client (Debian: libvirt-clients)")
+    os.execv(virsh, ["virsh", "-c", uri, "console", name])  # noqa: S606 -- hand the terminal to virsh
+
+
+@cli.command("identity-disk")
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+def identity_disk(source: Path, output: Path) -> None:
+    """Write the identity disk image for the identity files in SOURCE (plumbing, used by tests).
+
+    SOURCE must hold a complete identity (machine-id, hostname, ssh_host_ed25519_key and .pub);
+    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600.
+    """
+    build_identity_disk(load_identity(source, generate=False), output)
+    click.echo(str(output))
+
+
+def _print_create(r: provision.CreateResult) -> None:
+    for name in r.generated:
+        click.echo(f"{r.name}: generated {name}")
+    if r.already_existed:
+        click.echo(f"{r.name}: already created on base {r.base[:12]}; nothing to do")
+        return
+    for vol in r.created:
+        click.echo(f"{r.name}: created {vol}")
+    for vol in r.kept:
+        click.echo(f"{r.name}: kept {vol}")
+    click.echo(f"{r.name}: ready on base {r.base[:12]}")
+
+
+def _print_define(r: define_ops.DefineResult) -> None:
+    if not r.changed:
+        click.echo(f"{r.name}: definition unchanged")
+    elif r.was_defined:
+        note = " (applies at the next boot)" if r.running else ""
+        click.echo(f"{r.name}: definition updated{note}")
+    else:
+        click.echo(f"{r.name}: defined")
+
+
+def _print_status(rows: list[status_ops.VmStatus], as_json: bool, detail: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no machines")
+        return
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        base = r.base[:12] if r.base else "-"
+        line = f"{r.name:<{width}}  {r.state:<20}  base {base}"
+        if detail:
+            disks = " ".join(f"{v}{'' if ok else ' (missing)'}" for v, ok in r.volumes.items())
+            used = _size(r.var_used_bytes) if r.var_used_bytes is not None else "-"
+            total = _size(r.var_size_bytes) if r.var_size_bytes is not None else "-"
+            line += f"  var {used}/{total}  {r.uri}\n{'':<{width}}  {disks}"
+        click.echo(line)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n //= 1024
+    return f"{n} TiB"
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Progress]:
+    """A progress bar on a terminal; plain silence otherwise (logs say what happens)."""
+    if not sys.stderr.isatty():
+        yield lambda _pos: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        seen = [0]
+
+        def update(pos: int) -> None:
+            bar.update(pos - seen[0])
+            seen[0] = pos
+
+        yield update
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ivm: {record.getMessage()}"
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _Formatter() if not debug else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("ivm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: exit 0 ok, 1 operation failed, 2 invalid input; never a traceback without
+    --debug."""
+    debug = bool(os.environ.get("IVM_DEBUG")) or "--debug" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="ivm", standalone_mode=False)
+    except ToolError as e:
+        _fail(e, debug)
+    except click.exceptions.Abort:
+        click.echo("ivm: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(Exit.USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ivm: interrupted; run the same command again to finish", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line for the user, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        sys.exit(Exit.FAILED)
+    sys.exit(Exit.OK)
+
+
+def _fail(e: ToolError, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    hint = f"\n  hint: {e.hint}" if e.hint else ""
+    click.echo(f"ivm: error: {e.message}{hint}", err=True)
+    sys.exit(e.exit_code)

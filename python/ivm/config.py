@@ -1,0 +1,92 @@
+"""Settings from command-line options and environment, resolved once per run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ivm.domain_xml import Firmware
+from ivm.errors import UsageError
+from ivm.host import default_pool_path
+from ivm.machines import Machine, get_machine, load_machines
+from ivm.volumes import DEFAULT_POOL
+
+DEFAULT_URI = "qemu:///system"
+
+
+def find_root(start: Path) -> Path | None:
+    """The nearest ancestor holding flake.nix: the project whose machines/ folder we use."""
+    for candidate in (start, *start.parents):
+        if (candidate / "flake.nix").is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    machines_file: Path | None = None
+    root: Path | None = None
+    flake: str | None = None
+    connect: str | None = None  # --connect: beats everything
+    env_uri: str | None = None  # LIBVIRT_URI: used when the machine names no URI
+    pool: str = DEFAULT_POOL
+    pool_path: str | None = None
+    virt_type: str | None = None
+    firmware: Firmware = field(default_factory=Firmware)
+    nix: str = "nix"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> Settings:
+        """Fill what options left unset from the environment (names follow the spec's Justfile)."""
+        env = os.environ if env is None else env
+        code, template = env.get("OVMF_CODE") or None, env.get("OVMF_VARS") or None
+        if template and not code:
+            raise UsageError("OVMF_VARS is set without OVMF_CODE", "set both, or neither")
+        values: dict[str, object] = {
+            "env_uri": env.get("LIBVIRT_URI") or None,
+            "pool": env.get("IVM_POOL") or DEFAULT_POOL,
+            "pool_path": env.get("IVM_POOL_PATH") or None,
+            "virt_type": env.get("IVM_VIRT_TYPE") or None,
+            "firmware": Firmware(code, template),
+            "nix": env.get("NIX") or "nix",
+        }
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def uri_for(self, machine: Machine | None) -> str:
+        if self.connect:
+            return self.connect
+        if machine is not None and machine.libvirt_uri:
+            return machine.libvirt_uri
+        return self.env_uri or DEFAULT_URI
+
+    def pool_path_for(self, uri: str) -> str:
+        return self.pool_path or default_pool_path(uri)
+
+    @cached_property
+    def project_root(self) -> Path:
+        root = self.root or find_root(Path.cwd())
+        if root is None:
+            raise UsageError(
+                "no project found: no flake.nix in this directory or above",
+                "run ivm inside the project, or pass --root DIR (the folder holding machines/)",
+            )
+        return root
+
+    @cached_property
+    def machines(self) -> Mapping[str, Machine]:
+        if self.machines_file is None:
+            raise UsageError(
+                "no machines file given",
+                "pass --machines FILE or set IVM_MACHINES (the flake apps do this for you)",
+            )
+        return load_machines(self.machines_file)
+
+    def machine(self, name: str) -> Machine:
+        return get_machine(self.machines, name)
+
+    def flake_ref(self) -> str:
+        return self.flake or str(self.project_root)

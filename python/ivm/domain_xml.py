@@ -1,0 +1,211 @@
+"""The libvirt domain of a VM, as a pure function of its machine, identity and disks.
+
+No policy lives here (nova's virt/libvirt/config.py): callers decide virt type, firmware and base.
+The result never names a /nix/store path: disks are pool volumes, firmware is libvirt's choice
+unless explicit OVMF paths on the hypervisor are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from lxml import etree
+from lxml.builder import E, ElementMaker
+
+from ivm.machines import Machine, NetworkType
+from ivm.volumes import VmVolumes
+
+NAMESPACE = "urn:x-ivm:domain:1"
+M = ElementMaker(namespace=NAMESPACE, nsmap={"ivm": NAMESPACE})
+MACHINE_TYPES = {"x86_64": "q35", "aarch64": "virt"}
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """Explicit UEFI firmware paths on the hypervisor; both None means libvirt's autoselection."""
+
+    code: str | None = None
+    vars_template: str | None = None
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What ivm records in the domain: which machine, which base it runs, which it ran before."""
+
+    machine: str
+    base: str
+    previous_base: str | None
+    tool_version: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    machine: Machine
+    machine_id: str
+    pool: str
+    volumes: VmVolumes
+    metadata: Metadata
+    virt_type: str = "kvm"
+    firmware: Firmware = Firmware()
+    uuid: str | None = None  # None: derived from the machine-id
+
+
+def domain_uuid(machine_id: str) -> str:
+    """A stable UUID derived from (not equal to) the machine-id, which machine-id(5) asks to keep
+    confidential; version-4 and variant bits set so libvirt and SMBIOS accept it."""
+    raw = bytearray(hashlib.sha256(f"ivm-domain-uuid:{machine_id}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def domain_mac(machine_id: str) -> str:
+    """A stable MAC in QEMU's locally administered 52:54:00 range, derived from the machine-id."""
+    tail = hashlib.sha256(f"ivm-mac:{machine_id}".encode()).digest()[:3]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def domain_element(spec: DomainSpec) -> etree._Element:
+    m = spec.machine
+    memory_kib = str(m.memory_mib * 1024)
+    return E.domain(
+        E.name(spec.name),
+        E.uuid(spec.uuid or domain_uuid(spec.machine_id)),
+        E.metadata(metadata_element(spec.metadata)),
+        E.memory(memory_kib, unit="KiB"),
+        E.currentMemory(memory_kib, unit="KiB"),
+        E.vcpu(str(m.vcpus)),
+        _os(spec),
+        E.features(*([E.acpi(), E.apic()] if m.arch == "x86_64" else [E.acpi()])),
+        *_cpu(spec),
+        E.clock(offset="utc"),
+        E.devices(*_devices(spec)),
+        type=spec.virt_type,
+    )
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    return etree.tostring(domain_element(spec), pretty_print=True, encoding="unicode")
+
+
+def metadata_element(meta: Metadata) -> etree._Element:
+    children = [M.machine(meta.machine), M.base(meta.base)]
+    if meta.previous_base:
+        children.append(M("previous-base", meta.previous_base))
+    children.append(M("tool-version", meta.tool_version))
+    return M.vm(*children)
+
+
+def read_metadata(xml: str) -> Metadata | None:
+    """ivm's metadata from a domain's XML; None for domains ivm did not define."""
+    root = etree.fromstring(xml.encode())
+    vm = root.find(f"metadata/{{{NAMESPACE}}}vm")
+    if vm is None:
+        return None
+
+    def text(tag: str) -> str | None:
+        found = vm.find(f"{{{NAMESPACE}}}{tag}")
+        return found.text.strip() if found is not None and found.text else None
+
+    machine, base = text("machine"), text("base")
+    if not machine or not base:
+        return None
+    return Metadata(machine, base, text("previous-base"), text("tool-version") or "unknown")
+
+
+def _os(spec: DomainSpec) -> etree._Element:
+    arch = spec.machine.arch
+    os_type = E.type("hvm", arch=arch, machine=MACHINE_TYPES[arch])
+    fw = spec.firmware
+    if fw.code:
+        loader = E.loader(fw.code, readonly="yes", type="pflash")
+        nvram = E.nvram(template=fw.vars_template) if fw.vars_template else E.nvram()
+        return E.os(os_type, loader, nvram)
+    # Autoselect UEFI, but never a Secure Boot build: those enrol Microsoft's keys, which an
+    # unsigned systemd-boot fails against ("Access Denied").
+    return E.os(
+        os_type,
+        E.firmware(E.feature(enabled="no", name="secure-boot")),
+        firmware="efi",
+    )
+
+
+def _cpu(spec: DomainSpec) -> list[etree._Element]:
+    # host-passthrough under KVM; under TCG QEMU's default model boots anything built for x86-64.
+    return [E.cpu(mode="host-passthrough")] if spec.virt_type == "kvm" else []
+
+
+def _disk(volume: str, pool: str, fmt: str, dev: str, *extra: etree._Element) -> etree._Element:
+    return E.disk(
+        E.driver(name="qemu", type=fmt, discard="unmap"),
+        E.source(pool=pool, volume=volume),
+        E.target(dev=dev, bus="virtio"),
+        *extra,
+        type="volume",
+        device="disk",
+    )
+
+
+def _devices(spec: DomainSpec) -> list[etree._Element]:
+    v = spec.volumes
+    devices = [
+        _disk(v.boot, spec.pool, "qcow2", "vda", E.readonly(), E.boot(order="1")),
+        _disk(v.var, spec.pool, "qcow2", "vdb", E.serial("var")),
+        _disk(v.identity, spec.pool, "raw", "vdc", E.serial("identity"), E.readonly()),
+    ]
+    net = spec.machine.network
+    if net.type is not NetworkType.NONE:
+        source = E.source(network=net.name) if net.type is NetworkType.NETWORK else E.source(bridge=net.name)
+        devices.append(
+            E.interface(
+                E.mac(address=spec.machine.mac or domain_mac(spec.machine_id)),
+                source,
+                E.model(type="virtio"),
+                type=net.type.value,
+            )
+        )
+    devices += [
+        E.serial(E.target(port="0"), type="pty"),
+        E.console(E.target(type="serial", port="0"), type="pty"),
+        E.channel(E.target(type="virtio", name=GUEST_AGENT_CHANNEL), type="unix"),
+        E.rng(E.backend("/dev/urandom", model="random"), model="virtio"),
+        E.memballoon(model="virtio"),
+    ]
+    return devices
+
+
+def covers(desired: etree._Element, actual: etree._Element) -> bool:
+    """True when `actual` (libvirt's XML of a defined domain) holds everything `desired` sets.
+
+    libvirt adds controllers, addresses, aliases and expands machine types, so domains are
+    compared parsed and normalised, never as text (a text diff would redefine on every run).
+    """
+    if desired.tag != actual.tag:
+        return False
+    for key, value in desired.attrib.items():
+        if not _same_attr(key, value, actual.get(key)):
+            return False
+    if (desired.text or "").strip() and (desired.text or "").strip() != (actual.text or "").strip():
+        return False
+    remaining = list(actual)
+    for child in desired:
+        match = next((a for a in remaining if covers(child, a)), None)
+        if match is None:
+            return False
+        remaining.remove(match)
+    return True
+
+
+def _same_attr(key: str, desired: str, actual: str | None) -> bool:
+    if actual == desired:
+        return True
+    # libvirt stores "q35" as "pc-q35-9.2" and "virt" as "virt-9.2".
+    return (
+        key == "machine"
+        and actual is not None
+        and (actual.startswith(f"{desired}-") or f"-{desired}-" in actual)
+    )

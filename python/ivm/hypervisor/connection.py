@@ -1,0 +1,85 @@
+"""Opening a libvirt connection and turning libvirt's errors into ToolError, once, here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import libvirt
+
+from ivm.errors import ToolError
+
+log = logging.getLogger("ivm.libvirt")
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ivm reports each one itself, once."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+def is_local(uri: str) -> bool:
+    """A URI without a host part talks to this machine (qemu:///system, test:///default)."""
+    return urlsplit(uri).netloc == ""
+
+
+@contextmanager
+def libvirt_errors(action: str, uri: str | None = None) -> Iterator[None]:
+    """Run a block of libvirt calls; a libvirtError becomes one ToolError saying what failed."""
+    try:
+        yield
+    except libvirt.libvirtError as e:
+        raise translate(e, action, uri) from None
+
+
+def translate(e: Any, action: str, uri: str | None = None) -> ToolError:
+    message = (e.get_error_message() or str(e)).strip()
+    log.debug("libvirt error while %s: code=%s %s", action, e.get_error_code(), message)
+    lowered = message.lower()
+    if "firmware" in lowered and ("unable to find" in lowered or "not found" in lowered):
+        return ToolError(
+            f"{action}: no suitable UEFI firmware on the hypervisor ({message})",
+            "install OVMF (Debian/Ubuntu: apt install ovmf; Fedora: edk2-ovmf) or set "
+            "OVMF_CODE and OVMF_VARS to its files",
+        )
+    if e.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INTERNAL_ERROR) and (
+        "connect" in lowered or "socket" in lowered
+    ):
+        return _cannot_connect(uri, message)
+    return ToolError(f"{action} failed: {message}")
+
+
+def _cannot_connect(uri: str | None, message: str) -> ToolError:
+    target = uri or "the default URI"
+    if "permission denied" in message.lower() or "authentication" in message.lower():
+        hint = (
+            "you may not use this daemon: join the 'libvirt' group, run as root, or use "
+            "--connect qemu:///session"
+        )
+    else:
+        hint = (
+            "start the libvirt daemon (systemctl start libvirtd, or virtqemud and virtstoraged) "
+            "or choose another URI with --connect / LIBVIRT_URI"
+        )
+    return ToolError(f"cannot connect to libvirt at {target}: {message}", hint)
+
+
+@contextmanager
+def connect(uri: str) -> Iterator[Any]:
+    """An open libvirt connection, closed afterwards."""
+    log.debug("connecting to %s", uri)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise _cannot_connect(uri, (e.get_error_message() or str(e)).strip()) from None
+    try:
+        yield conn
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            log.debug("closing the connection to %s failed", uri)

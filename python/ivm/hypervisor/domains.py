@@ -1,0 +1,131 @@
+"""Domains (VMs) through libvirt: define, start, stop, undefine, inspect."""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import StrEnum
+from typing import Any
+
+import libvirt
+
+from ivm.errors import ToolError
+from ivm.hypervisor.connection import libvirt_errors, translate
+
+log = logging.getLogger("ivm.domains")
+
+
+class State(StrEnum):
+    RUNNING = "running"
+    SHUT_OFF = "shut off"
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting down"
+    CRASHED = "crashed"
+    SUSPENDED = "suspended"
+    OTHER = "other"
+    UNDEFINED = "not defined"
+
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: State.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: State.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: State.SHUT_OFF,
+    libvirt.VIR_DOMAIN_PAUSED: State.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: State.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_CRASHED: State.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: State.SUSPENDED,
+}
+
+
+class Domains:
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def lookup(self, name: str) -> Any:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(e, f"looking up domain {name}") from None
+
+    def all(self) -> list[Any]:
+        with libvirt_errors("listing domains"):
+            return list(self.conn.listAllDomains(0))
+
+    def state(self, dom: Any) -> State:
+        if dom is None:
+            return State.UNDEFINED
+        with libvirt_errors("reading a domain's state"):
+            code = dom.state()[0]
+        return _STATES.get(code, State.OTHER)
+
+    def xml(self, dom: Any) -> str:
+        """The persistent (inactive) definition: what the next boot will use."""
+        with libvirt_errors("reading a domain's XML"):
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def define(self, xml: str, name: str) -> Any:
+        with libvirt_errors(f"defining domain {name}"):
+            return self.conn.defineXML(xml)
+
+    def start(self, dom: Any) -> None:
+        with libvirt_errors(f"starting {dom.name()}"):
+            dom.create()
+
+    def shutdown(self, dom: Any, timeout: float) -> bool:
+        """Ask the guest to power off (ACPI); True once it is off within `timeout` seconds."""
+        name = dom.name()
+        with libvirt_errors(f"shutting down {name}"):
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+        return self.wait_off(dom, timeout)
+
+    def wait_off(self, dom: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.state(dom) is State.SHUT_OFF:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+    def power_off(self, dom: Any) -> None:
+        """Pull the plug (virsh destroy); the definition and disks stay."""
+        with libvirt_errors(f"forcing {dom.name()} off"):
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+
+    def undefine(self, dom: Any) -> None:
+        """Remove the definition and its firmware variables (nvram)."""
+        name = dom.name()
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        )
+        with libvirt_errors(f"undefining {name}"):
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as e:
+                # Drivers without nvram support (the test driver) refuse the flag.
+                if e.get_error_code() not in (
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                ):
+                    raise
+                dom.undefine()
+        log.debug("undefined %s", name)
+
+
+def require(dom: Any, name: str) -> Any:
+    if dom is None:
+        raise ToolError(f"{name} is not defined", f"run `ivm define {name}` (or `ivm up {name}`)")
+    return dom

@@ -1,0 +1,230 @@
+"""ivm's storage pool and its volumes, through libvirt's storage API only.
+
+Uploads write a volume's header last: until the final bytes land, the volume does not carry a
+valid qcow2 or ext4 header, so an interrupted import is recognised and redone, never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+from lxml import etree
+
+from ivm.errors import ToolError
+from ivm.hypervisor.connection import libvirt_errors, translate
+from ivm.storage_xml import pool_xml, volume_xml
+
+log = logging.getLogger("ivm.storage")
+CHUNK = 4 * 1024 * 1024
+Progress = Callable[[int], None]
+
+
+class Storage:
+    """One storage pool on one connection."""
+
+    def __init__(self, conn: Any, name: str, path: str):
+        self.conn = conn
+        self.name = name
+        self.path = path
+        self._pool: Any = None
+
+    def find(self) -> Any:
+        """The pool if it exists (started and refreshed), else None. Creates nothing."""
+        if self._pool is None:
+            try:
+                pool = self.conn.storagePoolLookupByName(self.name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return None
+                raise
+            with libvirt_errors(f"starting storage pool {self.name}"):
+                if not pool.isActive():
+                    pool.create(0)
+                pool.refresh(0)
+            self._pool = pool
+        return self._pool
+
+    def ensure(self) -> Any:
+        """The pool, defined, built, started and autostarted on first use."""
+        with libvirt_errors(f"looking up storage pool {self.name}"):
+            pool = self.find()
+        if pool is not None:
+            return pool
+        log.info("creating storage pool %s at %s", self.name, self.path)
+        with libvirt_errors(f"creating storage pool {self.name} at {self.path}"):
+            pool = self.conn.storagePoolDefineXML(pool_xml(self.name, self.path), 0)
+            try:
+                pool.build(0)
+                pool.create(0)
+                pool.setAutostart(1)
+            except libvirt.libvirtError:
+                pool.undefine()  # leave nothing half-made
+                raise
+        self._pool = pool
+        return pool
+
+    def volume(self, name: str) -> Any:
+        pool = self.find()
+        if pool is None:
+            return None
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise translate(e, f"looking up volume {name}") from None
+
+    def volume_names(self) -> list[str]:
+        pool = self.find()
+        if pool is None:
+            return []
+        with libvirt_errors(f"listing volumes of pool {self.name}"):
+            return sorted(pool.listVolumes())
+
+    def volume_path(self, name: str) -> str:
+        vol = self.volume(name)
+        if vol is None:
+            raise ToolError(f"volume {name} is missing from pool {self.name}")
+        with libvirt_errors(f"reading volume {name}"):
+            return str(vol.path())
+
+    def backing_path(self, name: str) -> str | None:
+        """The backing file an overlay volume points at, as libvirt reports it."""
+        vol = self.volume(name)
+        if vol is None:
+            return None
+        with libvirt_errors(f"reading volume {name}"):
+            doc = etree.fromstring(vol.XMLDesc(0).encode())
+        found = doc.find("backingStore/path")
+        return found.text if found is not None else None
+
+    def info(self, name: str) -> tuple[int, int] | None:
+        """(capacity, allocation) in bytes, or None if absent."""
+        vol = self.volume(name)
+        if vol is None:
+            return None
+        with libvirt_errors(f"reading volume {name}"):
+            _type, capacity, allocation = vol.info()
+        return int(capacity), int(allocation)
+
+    def create(self, xml: str, name: str) -> Any:
+        pool = self.ensure()
+        log.debug("creating volume %s", name)
+        with libvirt_errors(f"creating volume {name} in pool {self.name}"):
+            return pool.createXML(xml, 0)
+
+    def delete(self, name: str) -> bool:
+        vol = self.volume(name)
+        if vol is None:
+            return False
+        log.debug("deleting volume %s", name)
+        with libvirt_errors(f"deleting volume {name}"):
+            vol.delete(0)
+        return True
+
+    def import_file(
+        self, name: str, source: Path, *, header: int, mode: str, progress: Progress | None = None
+    ) -> None:
+        """Create volume `name` from a local file, streamed (sparsely) through the connection;
+        its first `header` bytes are written last."""
+        size = source.stat().st_size
+        vol = self.create(volume_xml(name, size, "raw", mode=mode), name)
+        try:
+            with libvirt_errors(f"uploading {source} to volume {name}"):
+                _upload(self.conn, vol, source, header, size, progress, sparse=True)
+                _upload(self.conn, vol, source, 0, header, None, sparse=False)
+        except BaseException:
+            _delete_quietly(vol, name)
+            raise
+        with libvirt_errors(f"refreshing pool {self.name}"):
+            self.find().refresh(0)
+
+    def head(self, name: str, length: int) -> bytes:
+        """The first bytes of a volume, downloaded through the connection."""
+        vol = self.volume(name)
+        if vol is None:
+            return b""
+        chunks: list[bytes] = []
+        with libvirt_errors(f"reading volume {name}"):
+            stream = self.conn.newStream(0)
+            vol.download(stream, 0, length, 0)
+            while sum(map(len, chunks)) < length:
+                data = stream.recv(length)
+                if not isinstance(data, bytes) or not data:
+                    break
+                chunks.append(data)
+            stream.finish()
+        return b"".join(chunks)[:length]
+
+
+def _upload(
+    conn: Any, vol: Any, source: Path, start: int, end: int, progress: Progress | None, sparse: bool
+) -> None:
+    if end <= start:
+        return
+    stream = conn.newStream(0)
+    flags = libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM if sparse else 0
+    vol.upload(stream, start, end - start, flags)
+    try:
+        with source.open("rb") as f:
+            fd = f.fileno()
+            pos = start
+            while pos < end:
+                data_at = _next_data(fd, pos, end) if sparse else pos
+                if data_at > pos:
+                    stream.sendHole(data_at - pos, 0)
+                    pos = data_at
+                    if progress:
+                        progress(pos)
+                    continue
+                hole_at = _next_hole(fd, pos, end) if sparse else end
+                while pos < hole_at:
+                    chunk = os.pread(fd, min(CHUNK, hole_at - pos), pos)
+                    if not chunk:
+                        raise ToolError(f"{source} shrank while it was being uploaded")
+                    _send(stream, chunk)
+                    pos += len(chunk)
+                    if progress:
+                        progress(pos)
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            log.debug("aborting the upload stream failed")
+        raise
+
+
+def _send(stream: Any, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        sent = stream.send(bytes(view))
+        if sent < 0:
+            raise ToolError("the upload stream failed")
+        view = view[sent:]
+
+
+def _next_data(fd: int, pos: int, end: int) -> int:
+    try:
+        return min(os.lseek(fd, pos, os.SEEK_DATA), end)
+    except OSError:  # ENXIO: only a hole remains up to end of file
+        return end
+
+
+def _next_hole(fd: int, pos: int, end: int) -> int:
+    try:
+        return min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+    except OSError:
+        return end
+
+
+def _delete_quietly(vol: Any, name: str) -> None:
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError:
+        log.warning("could not remove the partial volume %s; the next run replaces it", name)

@@ -1,0 +1,78 @@
+"""The identity disk: a small raw ext4 image (label `identity`) made with `mkfs.ext4 -d`.
+
+No root, no loop devices, no guestfish: the files are staged in a private temporary directory and
+mkfs copies them in with their modes. The guest trusts neither owners nor modes on this disk (it
+copies known names with fixed modes), but files are made root-owned anyway so the disk reads sanely.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ivm.identity.rules import RULE
+from ivm.identity.source import Identity
+from ivm.run import run
+
+LABEL = "identity"
+SIZE = "4M"  # ten files of at most 64 KiB each, plus ext4 metadata
+E2FSPROGS = "e2fsprogs (mkfs.ext4, debugfs)"
+
+
+def build_identity_disk(identity: Identity, output: Path) -> Path:
+    """Write the identity image to `output` (mode 0600: it holds the private host key)."""
+    with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
+        staging = Path(tmp) / "root"
+        staging.mkdir(mode=0o755)
+        for name, data in identity.files.items():
+            path = staging / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RULE[name].mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            path.chmod(RULE[name].mode)  # the umask must not narrow the documented modes
+        staging.chmod(0o755)
+        output.unlink(missing_ok=True)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                LABEL,
+                "-O",
+                "^has_journal",
+                "-E",
+                "root_owner=0:0",
+                "-U",
+                _fs_uuid(identity.machine_id),
+                "-d",
+                str(staging),
+                str(output),
+                SIZE,
+            ],
+            package=E2FSPROGS,
+            what="making the identity filesystem",
+        )
+        if os.geteuid() != 0:
+            _make_root_owned(output, [str(name) for name in identity.files])
+    return output
+
+
+def _make_root_owned(image: Path, names: list[str]) -> None:
+    # mkfs -d copies the owner of each staged file; a non-root user's files are re-owned in place.
+    script = "".join(f"sif /{n} uid 0\nsif /{n} gid 0\n" for n in names)
+    run(
+        ["debugfs", "-w", "-f", "-", str(image)],
+        package=E2FSPROGS,
+        input=script.encode(),
+        what="setting owners on the identity filesystem",
+    )
+
+
+def _fs_uuid(machine_id: str) -> str:
+    # A stable filesystem UUID per VM, distinct from the machine-id itself.
+    h = format(int(machine_id, 16) ^ int("6964656e74697479" * 2, 16), "032x")
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -1,0 +1,156 @@
+"""The base image on the local machine: build it with Nix or take a path, inspect, name, convert.
+
+A base is named by content: the Nix store hash when the image is a store path (machines whose
+configuration is the same share one), else a hash of the file's data (sparse-aware, so a large
+mostly empty raw image is hashed in the time it takes to read its data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivm.errors import ToolError, UsageError
+from ivm.run import run
+
+log = logging.getLogger("ivm.image")
+STORE_RE = re.compile(r"/nix/store/([0-9a-df-np-sv-z]{32})-[^/]+")
+IMAGE_SUFFIXES = (".qcow2", ".raw", ".img")
+QCOW2_MAGIC = b"QFI\xfb"
+QEMU_UTILS = "qemu-utils (qemu-img)"
+BLOCK = 1024 * 1024
+ZERO_BLOCK = bytes(BLOCK)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path  # the file as given or built
+    format: str  # "qcow2" or "raw"
+    hash: str  # 32 characters, names the base volume
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+
+def nix_build(flake: str, attr: str, nix: str) -> Path:
+    """`nix build --no-link --print-out-paths FLAKE#ATTR` with the user's NIX command."""
+    argv = [*shlex.split(nix), "build", "--no-link", "--print-out-paths", f"{flake}#{attr}"]
+    log.info("building %s#%s with nix", flake, attr)
+    try:
+        out = run(
+            argv,
+            package="Nix (https://nixos.org/download), or pass --image PATH",
+            what=f"nix build {flake}#{attr}",
+        )
+    except ToolError as e:
+        raise ToolError(e.message, e.hint or "see the nix output with --debug") from None
+    paths = [line for line in out.splitlines() if line.strip()]
+    if not paths:
+        raise ToolError(f"nix build {flake}#{attr} printed no output path")
+    return Path(paths[0])
+
+
+def image_file(out: Path) -> Path:
+    """The disk image inside a build output: the path itself, or the one image in a directory."""
+    if out.is_dir():
+        found = sorted(p for p in out.iterdir() if p.suffix in IMAGE_SUFFIXES and p.is_file())
+        if len(found) != 1:
+            raise UsageError(
+                f"{out} holds {len(found)} disk images (*.qcow2, *.raw, *.img); expected one",
+                "pass the image file itself with --image",
+            )
+        return found[0]
+    if not out.exists():
+        raise UsageError(f"image {out} does not exist", "check the path given to --image")
+    return out
+
+
+def inspect(path: Path) -> BaseImage:
+    """Check that `path` is a self-contained qcow2 or a raw disk with a partition table."""
+    if not path.is_file():
+        raise UsageError(f"image {path} is not a file", "pass a disk image file to --image")
+    try:
+        info = json.loads(
+            run(
+                ["qemu-img", "info", "--output=json", str(path)],
+                package=QEMU_UTILS,
+                what=f"inspecting {path}",
+            )
+        )
+    except json.JSONDecodeError:
+        raise ToolError(f"qemu-img printed unreadable information about {path}") from None
+    fmt = info.get("format")
+    if fmt not in ("qcow2", "raw"):
+        raise UsageError(
+            f"image {path} is in {fmt} format; ivm imports qcow2 or raw",
+            f"convert it: qemu-img convert -O qcow2 {path} image.qcow2",
+        )
+    if info.get("backing-filename"):
+        raise UsageError(
+            f"image {path} has a backing file; a base image must be self-contained",
+            f"flatten it: qemu-img convert -O qcow2 {path} image.qcow2",
+        )
+    if fmt == "raw" and not _has_partition_table(path):
+        raise UsageError(
+            f"{path} is not a disk image (no partition table found)",
+            "pass the image built by `nix build .#image-NAME`",
+        )
+    return BaseImage(path, fmt, store_hash(path) or content_hash(path))
+
+
+def store_hash(path: Path) -> str | None:
+    match = STORE_RE.match(str(path.resolve()))
+    return match.group(1) if match else None
+
+
+def content_hash(path: Path) -> str:
+    """A hash of the file's content that costs nothing for its holes and all-zero blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    size = path.stat().st_size
+    h.update(f"ivm-base-v1 {size}\n".encode())
+    with path.open("rb") as f:
+        fd = f.fileno()
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+            except OSError:
+                break  # only a hole remains
+            pos = data - data % BLOCK
+            while pos < hole:
+                block = os.pread(fd, BLOCK, pos)
+                if not block:
+                    break
+                if block != ZERO_BLOCK[: len(block)]:
+                    h.update(pos.to_bytes(8, "little"))
+                    h.update(block)
+                pos += len(block)
+    return h.hexdigest()
+
+
+def _has_partition_table(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(1024)
+    return len(head) >= 512 and head[510:512] == b"\x55\xaa"
+
+
+def as_qcow2(image: BaseImage, workdir: Path) -> Path:
+    """The image as a qcow2 file: itself, or a conversion written into `workdir`."""
+    if image.format == "qcow2":
+        return image.path
+    target = workdir / "base.qcow2"
+    log.info("converting %s to qcow2", image.path.name)
+    run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(image.path), str(target)],
+        package=QEMU_UTILS,
+        what=f"converting {image.path} to qcow2",
+    )
+    return target

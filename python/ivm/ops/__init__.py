@@ -1,0 +1,1 @@
+"""What each command does, decided here; the world is touched only through hypervisor/ and run.py."""

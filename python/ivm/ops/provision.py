@@ -1,0 +1,161 @@
+"""`create`: import the base if new, then the VM's boot overlay, var disk and identity disk.
+
+Every step checks what exists first, so an interrupted run is finished by running it again, and a
+second run of a complete VM changes nothing. The var disk is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivm.errors import ToolError
+from ivm.hypervisor.storage import Progress
+from ivm.identity.disk import build_identity_disk
+from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
+from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, image_file, inspect, nix_build
+from ivm.lock import vm_lock
+from ivm.ops.session import Hypervisor, VmSession
+from ivm.storage_xml import volume_xml
+from ivm.volumes import base_hash_of, base_volume
+
+log = logging.getLogger("ivm.create")
+GIB = 1024**3
+HEADER = 4096  # written last on upload: the qcow2 magic and the ext4 superblock live here
+EXT4_MAGIC_AT = 0x438
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[Progress]]
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    name: str
+    base: str
+    created: tuple[str, ...]
+    kept: tuple[str, ...]
+    generated: tuple[str, ...]
+
+    @property
+    def already_existed(self) -> bool:
+        return not self.created and not self.generated
+
+
+def resolve_image(s: VmSession, image: Path | None) -> BaseImage:
+    """The base image to use: --image PATH, else `nix build` of the machine's image attribute."""
+    if image is None:
+        image = nix_build(s.settings.flake_ref(), s.machine.image_attr, s.settings.nix)
+    return inspect(image_file(image))
+
+
+def vm_identity(s: VmSession, generate: bool = True) -> Identity:
+    return load_identity(machine_dir(s.settings.project_root, s.name), s.name, generate=generate)
+
+
+def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = None) -> CreateResult:
+    vols = s.volumes
+    directory = machine_dir(s.settings.project_root, s.name)
+    generated = tuple(generate_missing(directory, s.name))
+    identity = load_identity(directory, s.name, generate=False)  # all checked before any change
+    current = boot_base(s.hv, vols.boot)
+    if current and is_complete(s.hv, vols.identity, "ext4") and s.hv.storage.volume(vols.var):
+        return CreateResult(s.name, current, (), vols.all(), generated)
+
+    base = resolve_image(s, image)
+    s.hv.storage.ensure()
+    import_base(s.hv, base, progress)
+    created: list[str] = []
+    kept: list[str] = []
+    (created if make_overlay(s.hv, vols.boot, base.hash) else kept).append(vols.boot)
+    if is_complete(s.hv, vols.identity, "ext4"):
+        kept.append(vols.identity)
+    else:
+        write_identity_disk(s.hv, vols.identity, identity)
+        created.append(vols.identity)
+    if s.hv.storage.volume(vols.var) is not None:
+        log.info("keeping the existing var disk %s", vols.var)
+        kept.append(vols.var)
+    else:
+        size = s.machine.var_size_gib * GIB
+        s.hv.storage.create(volume_xml(vols.var, size, "qcow2", mode="0600"), vols.var)
+        created.append(vols.var)
+    return CreateResult(s.name, base.hash, tuple(created), tuple(kept), generated)
+
+
+def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | None) -> str:
+    """Upload the base as base-<hash>.qcow2 unless a complete copy is already in the pool."""
+    name = base_volume(base.hash)
+    with vm_lock(hv.uri, f"_{name}"):  # two VMs created at once must not import one base twice
+        if is_complete(hv, name, "qcow2"):
+            log.debug("base %s is already in pool %s", name, hv.storage.name)
+            return name
+        if hv.storage.delete(name):
+            log.info("replacing the incomplete base volume %s", name)
+        with tempfile.TemporaryDirectory(prefix="ivm-base-") as tmp:
+            source = as_qcow2(base, Path(tmp))
+            log.info("importing %s as %s", base.path.name, name)
+            total = source.stat().st_size
+            if progress is None:
+                hv.storage.import_file(name, source, header=HEADER, mode="0644")
+            else:
+                with progress(f"importing {name}", total) as update:
+                    hv.storage.import_file(name, source, header=HEADER, mode="0644", progress=update)
+        if not is_complete(hv, name, "qcow2"):
+            raise ToolError(
+                f"the uploaded base {name} is not a valid qcow2 image",
+                "run the command again; if it persists, check the image file",
+            )
+    return name
+
+
+def make_overlay(hv: Hypervisor, boot: str, base_hash: str) -> bool:
+    """Create the boot overlay on `base_hash`; replace one that points elsewhere. True if made.
+
+    The overlay is attached read-only, so it never holds data and may always be recreated.
+    """
+    base_name = base_volume(base_hash)
+    base_path = hv.storage.volume_path(base_name)
+    if hv.storage.volume(boot) is not None:
+        if hv.storage.backing_path(boot) == base_path:
+            return False
+        hv.storage.delete(boot)
+    size = qcow2_virtual_size(hv.storage.head(base_name, HEADER))
+    hv.storage.create(volume_xml(boot, size, "qcow2", backing_path=base_path, backing_format="qcow2"), boot)
+    return True
+
+
+def write_identity_disk(hv: Hypervisor, name: str, identity: Identity) -> None:
+    with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
+        image = build_identity_disk(identity, Path(tmp) / "identity.img")
+        hv.storage.delete(name)
+        hv.storage.import_file(name, image, header=HEADER, mode="0600")
+
+
+def boot_base(hv: Hypervisor, boot: str) -> str | None:
+    """The base hash a boot overlay is built on, if the overlay and its base both exist."""
+    backing = hv.storage.backing_path(boot)
+    if backing is None:
+        return None
+    base_hash = base_hash_of(Path(backing).name)
+    if base_hash is None or not is_complete(hv, base_volume(base_hash), "qcow2"):
+        return None
+    return base_hash
+
+
+def is_complete(hv: Hypervisor, name: str, kind: str) -> bool:
+    """True if the volume exists and carries its header (uploads write the header last)."""
+    head = hv.storage.head(name, HEADER)
+    if kind == "qcow2":
+        return head[:4] == QCOW2_MAGIC
+    return head[EXT4_MAGIC_AT : EXT4_MAGIC_AT + 2] == b"\x53\xef"
+
+
+def qcow2_virtual_size(head: bytes) -> int:
+    if head[:4] != QCOW2_MAGIC or len(head) < 32:
+        raise ToolError("the base volume is not a qcow2 image", "re-run the command to re-import it")
+    size: int = struct.unpack(">Q", head[24:32])[0]
+    return size

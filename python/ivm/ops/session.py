@@ -1,0 +1,60 @@
+"""A VM's working context: its machine, its connection, its pool, its domain — and its lock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ivm.config import Settings
+from ivm.hypervisor.connection import connect
+from ivm.hypervisor.domains import Domains
+from ivm.hypervisor.storage import Storage
+from ivm.lock import vm_lock
+from ivm.machines import Machine
+from ivm.names import check_vm_name
+from ivm.volumes import VmVolumes, vm_volumes
+
+
+@dataclass(frozen=True)
+class Hypervisor:
+    """One open connection with ivm's pool on it."""
+
+    uri: str
+    conn: Any
+    storage: Storage
+    domains: Domains
+
+
+@dataclass(frozen=True)
+class VmSession:
+    name: str
+    machine: Machine
+    settings: Settings
+    hv: Hypervisor
+
+    @property
+    def volumes(self) -> VmVolumes:
+        return vm_volumes(self.name)
+
+    def domain(self) -> Any:
+        return self.hv.domains.lookup(self.name)
+
+
+@contextmanager
+def open_hypervisor(settings: Settings, uri: str) -> Iterator[Hypervisor]:
+    with connect(uri) as conn:
+        storage = Storage(conn, settings.pool, settings.pool_path_for(uri))
+        yield Hypervisor(uri, conn, storage, Domains(conn))
+
+
+@contextmanager
+def vm_session(settings: Settings, name: str) -> Iterator[VmSession]:
+    """Validate the name, find its machine, take its lock, then connect: usage errors come first
+    and nothing is touched before the lock is held."""
+    check_vm_name(name)
+    machine = settings.machine(name)
+    uri = settings.uri_for(machine)
+    with vm_lock(uri, name), open_hypervisor(settings, uri) as hv:
+        yield VmSession(name, machine, settings, hv)
