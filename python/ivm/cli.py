@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 import click
 
@@ -38,7 +38,32 @@ IMAGE_OPTION = click.option(
 NAME = click.argument("name", metavar="NAME")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns every failure into one line on stderr and an exit code: 0 ok, 1 failed, 2 invalid
+    input. A traceback is shown only with --debug (a bug still gets one readable line)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except ToolError as e:
+            _report(e, debug)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("ivm: interrupted; run the same command again to finish", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            click.echo(
+                f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True
+            )
+            ctx.exit(Exit.FAILED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--machines",
     "machines_file",
@@ -327,34 +352,13 @@ def _setup_logging(debug: bool) -> None:
     root.propagate = False
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: exit 0 ok, 1 operation failed, 2 invalid input; never a traceback without
-    --debug."""
-    debug = bool(os.environ.get("IVM_DEBUG")) or "--debug" in (argv or sys.argv[1:])
-    try:
-        cli.main(args=argv, prog_name="ivm", standalone_mode=False)
-    except ToolError as e:
-        _fail(e, debug)
-    except click.exceptions.Abort:
-        click.echo("ivm: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(Exit.USAGE if isinstance(e, click.UsageError) else e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("ivm: interrupted; run the same command again to finish", err=True)
-        sys.exit(130)
-    except Exception as e:  # a bug: still one line for the user, the traceback with --debug
-        if debug:
-            traceback.print_exc()
-        click.echo(f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
-        sys.exit(Exit.FAILED)
-    sys.exit(Exit.OK)
+def main() -> None:
+    """Entry point of the `ivm` console script."""
+    cli.main(prog_name="ivm")
 
 
-def _fail(e: ToolError, debug: bool) -> NoReturn:
+def _report(e: ToolError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    hint = f"\n  hint: {e.hint}" if e.hint else ""
+    hint = f"; {e.hint}" if e.hint else ""
     click.echo(f"ivm: error: {e.message}{hint}", err=True)
-    sys.exit(e.exit_code)

@@ -1,0 +1,70 @@
+"""Fixtures shared by every layer: a throwaway project (flake.nix + machines/) and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ivm.cli import cli
+
+
+def machine_entry(**overrides: Any) -> dict[str, Any]:
+    """One machines.json entry as design.md §5 shows it."""
+    entry: dict[str, Any] = {
+        "system": "x86_64-linux",
+        "vcpus": 2,
+        "memory_mib": 2048,
+        "var_size_gib": 20,
+        "network": {"type": "network", "name": "default"},
+        "mac": None,
+        "libvirt_uri": None,
+        "image_attr": "image-web1",
+    }
+    entry.update(overrides)
+    return entry
+
+
+@dataclass
+class Project:
+    root: Path
+    machines_file: Path
+
+    def write_machines(self, machines: dict[str, dict[str, Any]]) -> None:
+        self.machines_file.write_text(json.dumps({"version": 1, "machines": machines}))
+
+    def machine_dir(self, name: str) -> Path:
+        return self.root / "machines" / name
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "project"
+    (root / "machines").mkdir(parents=True)
+    (root / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    p = Project(root, tmp_path / "machines.json")
+    p.write_machines({"web1": machine_entry(), "web2": machine_entry(image_attr="image-web2")})
+    return p
+
+
+RunCli = Callable[..., Result]
+
+
+@pytest.fixture
+def run_cli(project: Project, monkeypatch: pytest.MonkeyPatch) -> RunCli:
+    """Invoke `ivm` in-process against the project, on libvirt's test driver unless told otherwise."""
+    for var in ("LIBVIRT_URI", "IVM_POOL", "IVM_POOL_PATH", "OVMF_CODE", "OVMF_VARS", "IVM_VIRT_TYPE"):
+        monkeypatch.delenv(var, raising=False)
+
+    def invoke(*args: str, uri: str = "test:///default", input: str | None = None) -> Result:
+        base = ["--machines", str(project.machines_file), "--root", str(project.root)]
+        if uri:
+            base += ["--connect", uri]
+        return CliRunner().invoke(cli, [*base, *args], input=input, catch_exceptions=True)
+
+    return invoke
