@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.errors import ToolError
+from ivm.failpoints import failpoint
 from ivm.hypervisor.storage import Progress
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
@@ -60,6 +61,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
     vols = s.volumes
     directory = machine_dir(s.settings.project_root, s.name)
     generated = tuple(generate_missing(directory, s.name))
+    failpoint("create:after-generate")
     identity = load_identity(directory, s.name, generate=False)  # all checked before any change
     current = boot_base(s.hv, vols.boot)
     if current and is_complete(s.hv, vols.identity, "ext4") and s.hv.storage.volume(vols.var):
@@ -67,15 +69,19 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
 
     base = resolve_image(s, image)
     s.hv.storage.ensure()
+    failpoint("create:after-pool")
     import_base(s.hv, base, progress)
+    failpoint("create:after-base-import")
     created: list[str] = []
     kept: list[str] = []
     (created if make_overlay(s.hv, vols.boot, base.hash) else kept).append(vols.boot)
+    failpoint("create:after-overlay")
     if is_complete(s.hv, vols.identity, "ext4"):
         kept.append(vols.identity)
     else:
         write_identity_disk(s.hv, vols.identity, identity)
         created.append(vols.identity)
+    failpoint("create:after-identity")
     if s.hv.storage.volume(vols.var) is not None:
         log.info("keeping the existing var disk %s", vols.var)
         kept.append(vols.var)
@@ -83,6 +89,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
         size = s.machine.var_size_gib * GIB
         s.hv.storage.create(volume_xml(vols.var, size, "qcow2", mode="0600"), vols.var)
         created.append(vols.var)
+    failpoint("create:after-var")
     return CreateResult(s.name, base.hash, tuple(created), tuple(kept), generated)
 
 
@@ -90,6 +97,7 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
     """Upload the base as base-<hash>.qcow2 unless a complete copy is already in the pool."""
     name = base_volume(base.hash)
     with vm_lock(hv.uri, f"_{name}"):  # two VMs created at once must not import one base twice
+        failpoint("create:base-locked")
         if is_complete(hv, name, "qcow2"):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
             return name
@@ -97,6 +105,7 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
             log.info("replacing the incomplete base volume %s", name)
         with tempfile.TemporaryDirectory(prefix="ivm-base-") as tmp:
             source = as_qcow2(base, Path(tmp))
+            failpoint("create:base-converted")
             log.info("importing %s as %s", base.path.name, name)
             total = source.stat().st_size
             if progress is None:
@@ -131,7 +140,9 @@ def make_overlay(hv: Hypervisor, boot: str, base_hash: str) -> bool:
 def write_identity_disk(hv: Hypervisor, name: str, identity: Identity) -> None:
     with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
         image = build_identity_disk(identity, Path(tmp) / "identity.img")
+        failpoint("create:identity-built")
         hv.storage.delete(name)
+        failpoint("create:identity-deleted")
         hv.storage.import_file(name, image, header=HEADER, mode="0600")
 
 
