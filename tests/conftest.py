@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,18 @@ def project(tmp_path: Path) -> Project:
 RunCli = Callable[..., Result]
 
 
+@pytest.fixture(scope="session")
+def test_driver() -> Iterator[Any]:
+    """A connection to libvirt's test driver, held open: its state lives as long as one is open."""
+    import libvirt
+
+    conn = libvirt.open("test:///default")
+    yield conn
+    conn.close()
+
+
 @pytest.fixture
-def run_cli(project: Project, monkeypatch: pytest.MonkeyPatch) -> RunCli:
+def run_cli(project: Project, monkeypatch: pytest.MonkeyPatch, test_driver: Any) -> RunCli:
     """Invoke `ivm` in-process against the project, on libvirt's test driver unless told otherwise."""
     for var in ("LIBVIRT_URI", "IVM_POOL", "IVM_POOL_PATH", "OVMF_CODE", "OVMF_VARS", "IVM_VIRT_TYPE"):
         monkeypatch.delenv(var, raising=False)
@@ -68,3 +78,11 @@ def run_cli(project: Project, monkeypatch: pytest.MonkeyPatch) -> RunCli:
         return CliRunner().invoke(cli, [*base, *args], input=input, catch_exceptions=True)
 
     return invoke
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regenerate-golden",
+        action="store_true",
+        help="rewrite tests/unit/golden/*.xml from the current code instead of comparing",
+    )

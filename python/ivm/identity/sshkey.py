@@ -126,7 +126,7 @@ def split_authorized_key(line: str) -> str:
     """Return the `type base64 [comment]` part of an authorized_keys line, skipping any options."""
     stripped = line.strip()
     first = stripped.split(None, 1)[0]
-    if first in PUBLIC_KEY_TYPES:
+    if first in PUBLIC_KEY_TYPES or first.startswith(("ssh-", "ecdsa-", "sk-")):
         return stripped
     # Options come first; they may hold quoted spaces, so scan to the first unquoted blank.
     quoted = False

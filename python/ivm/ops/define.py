@@ -28,9 +28,9 @@ class DefineResult:
     running: bool
 
 
-def desired_spec(s: VmSession, base_hash: str) -> DomainSpec:
+def desired_spec(s: VmSession, base_hash: str, generate: bool = False) -> DomainSpec:
     """The domain for this VM on `base_hash`, keeping the previous base for rollback."""
-    identity = vm_identity(s, generate=False)
+    identity = vm_identity(s, generate=generate)
     dom = s.domain()
     current = read_metadata(s.hv.domains.xml(dom)) if dom is not None else None
     previous = None
@@ -85,9 +85,10 @@ def define(s: VmSession, base_hash: str | None = None) -> DefineResult:
 
 
 def render_xml(s: VmSession, image: Path | None) -> str:
-    """The XML `define` would use; before `create`, the base comes from the image."""
+    """The XML `define` would use; before `create`, the base comes from the image (and a missing
+    machine-id is generated, as `create` would, since the domain's UUID derives from it)."""
     base = boot_base(s.hv, s.volumes.boot) or resolve_image(s, image).hash
-    return domain_xml(desired_spec(s, base))
+    return domain_xml(desired_spec(s, base, generate=True))
 
 
 def _check_firmware(s: VmSession, spec: DomainSpec) -> None:

@@ -1,0 +1,177 @@
+"""The command line through CliRunner, on libvirt's test driver: help, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivm.cli import cli
+from ivm.domain_xml import Metadata, domain_xml
+from ivm.machines import parse_machines
+from ivm.ops.define import DomainSpec
+from ivm.volumes import vm_volumes
+from tests.conftest import Project, RunCli, machine_entry
+
+COMMANDS = sorted(cli.commands)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("ivm: error: ") and "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture
+def raw_image(tmp_path: Path) -> Path:
+    img = tmp_path / "disk.raw"
+    with img.open("wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    subprocess.run(
+        ["sfdisk", "-q", str(img)],
+        input=b"label: gpt\n,,U\n",
+        check=True,
+        env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"},
+    )
+    return img
+
+
+def test_top_level_help_lists_every_command(run_cli: RunCli) -> None:
+    r = run_cli("--help", uri="")
+    assert r.exit_code == 0
+    for name in COMMANDS:
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(run_cli: RunCli, command: str) -> None:
+    r = run_cli(command, "--help", uri="")
+    assert r.exit_code == 0 and "Usage: " in r.stdout and len(r.stdout.splitlines()) >= 4
+
+
+def test_version(run_cli: RunCli) -> None:
+    assert run_cli("--version", uri="").stdout.startswith("ivm, version ")
+
+
+@pytest.mark.parametrize(
+    "args", [("start", "Bad"), ("create", "-x"), ("define", "a" * 64), ("destroy", "web_1")]
+)
+def test_invalid_names_exit_2(run_cli: RunCli, args: tuple[str, ...]) -> None:
+    r = run_cli(*args)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_unknown_machine_exits_2_with_hint(run_cli: RunCli) -> None:
+    r = run_cli("create", "db9")
+    assert r.exit_code == 2
+    line = one_error_line(r.stderr)
+    assert "unknown machine 'db9' (known: web1, web2)" in line and "machines/db9/meta.nix" in line
+
+
+def test_malformed_machines_json(run_cli: RunCli, project: Project) -> None:
+    project.machines_file.write_text("{not json")
+    r = run_cli("create", "web1")
+    assert r.exit_code == 2 and "not valid JSON (line 1" in one_error_line(r.stderr)
+
+
+def test_missing_machines_file(run_cli: RunCli, project: Project) -> None:
+    project.machines_file.unlink()
+    r = run_cli("status")
+    assert r.exit_code == 2 and "does not exist" in one_error_line(r.stderr)
+
+
+def test_unusable_uri_exits_1(run_cli: RunCli) -> None:
+    r = run_cli("start", "web1", uri="qemu+unix:///system?socket=/nonexistent/sock")
+    assert r.exit_code == 1
+    assert "cannot connect to libvirt" in one_error_line(r.stderr)
+
+
+def test_missing_image_exits_2(run_cli: RunCli, tmp_path: Path) -> None:
+    r = run_cli("xml", "web1", "--image", str(tmp_path / "nope.qcow2"))
+    assert r.exit_code == 2 and "does not exist" in one_error_line(r.stderr)
+
+
+def test_text_file_is_not_a_disk_image(run_cli: RunCli, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 200)
+    r = run_cli("xml", "web1", "--image", str(text))
+    assert r.exit_code == 2 and "not a disk image" in one_error_line(r.stderr)
+
+
+def test_xml_prints_a_domain_without_store_paths(run_cli: RunCli, raw_image: Path, project: Project) -> None:
+    r = run_cli("xml", "web1", "--image", str(raw_image))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith('<domain type="test">') and "/nix/store" not in r.stdout
+    assert "<name>web1</name>" in r.stdout and "PRIVATE KEY" not in r.stdout
+    # identity was generated in the working tree, private key 0600
+    key = project.machine_dir("web1") / "ssh_host_ed25519_key"
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_identity_errors_are_usage_errors(run_cli: RunCli, raw_image: Path, project: Project) -> None:
+    d = project.machine_dir("web1")
+    d.mkdir()
+    (d / "machine-id").write_text("nope\n")
+    r = run_cli("xml", "web1", "--image", str(raw_image))
+    assert r.exit_code == 2
+    assert "machine-id must be 32 lowercase hexadecimal" in one_error_line(r.stderr)
+
+
+def test_identity_disk_command(run_cli: RunCli, project: Project, tmp_path: Path, raw_image: Path) -> None:
+    run_cli("xml", "web1", "--image", str(raw_image))  # generates the identity
+    out = tmp_path / "id.img"
+    r = run_cli("identity-disk", str(project.machine_dir("web1")), str(out), uri="")
+    assert r.exit_code == 0 and out.stat().st_size == 4 * 1024 * 1024
+    r = run_cli("identity-disk", str(tmp_path / "empty"), str(out), uri="")
+    assert r.exit_code == 2
+
+
+def test_status_and_list_on_an_empty_pool(run_cli: RunCli) -> None:
+    r = run_cli("status", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert [row["name"] for row in rows] == ["web1", "web2"]
+    assert {row["state"] for row in rows} == {"not defined"}
+    r = run_cli("list")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].startswith("web1")
+
+
+def _define_on_test_driver(conn: Any, name: str) -> None:
+    machine = parse_machines(json.dumps({"version": 1, "machines": {name: machine_entry()}}))[name]
+    spec = DomainSpec(
+        name,
+        machine,
+        "0123456789abcdef0123456789abcdef",
+        "ivm",
+        vm_volumes(name),
+        Metadata(name, "a" * 32, None, "0"),
+        virt_type="test",
+    )
+    conn.defineXML(domain_xml(spec)).create()
+
+
+def test_stop_and_destroy_on_test_driver(run_cli: RunCli, project: Project, test_driver: Any) -> None:
+    project.write_machines({"cli-stop": machine_entry()})
+    _define_on_test_driver(test_driver, "cli-stop")
+    r = run_cli("destroy", "cli-stop")
+    assert r.exit_code == 1 and "is running" in one_error_line(r.stderr) and "--force" in r.stderr
+    r = run_cli("stop", "cli-stop", "--timeout", "5")
+    assert r.exit_code == 0 and "stopped" in r.stdout
+    assert "already stopped" in run_cli("stop", "cli-stop").stdout
+    r = run_cli("destroy", "cli-stop")
+    assert r.exit_code == 0 and "undefined" in r.stdout
+    assert "nothing to destroy" in run_cli("destroy", "cli-stop").stdout
+
+
+def test_start_of_undefined_vm_says_what_to_do(run_cli: RunCli) -> None:
+    r = run_cli("start", "web2")
+    assert r.exit_code == 1 and "ivm define web2" in one_error_line(r.stderr)
+
+
+def test_debug_shows_traceback_for_errors(run_cli: RunCli) -> None:
+    r = run_cli("--debug", "start", "web2")
+    assert r.exit_code == 1 and "Traceback" in r.stderr
