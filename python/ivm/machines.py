@@ -77,7 +77,10 @@ def load_machines(path: Path) -> Mapping[str, Machine]:
             "pass --machines FILE or set IVM_MACHINES (`nix build .#machines-json` makes one)",
         ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read machines file {path}: {e}") from None
+        raise UsageError(
+            f"cannot read machines file {path}: {e}",
+            "pass a UTF-8 JSON file made by `nix build .#machines-json`",
+        ) from None
     return parse_machines(text, source=str(path))
 
 

@@ -52,7 +52,7 @@ def load_identity(directory: Path, hostname: str | None = None, generate: bool =
     if generate:
         generate_missing(directory, hostname)
     elif not directory.is_dir():
-        raise UsageError(f"identity directory {directory} does not exist")
+        raise UsageError(f"identity directory {directory} does not exist", "check the path")
     files: dict[Name, bytes] = {}
     for rule in RULES:
         data = _read(directory / rule.name, rule)
@@ -75,7 +75,9 @@ def load_identity(directory: Path, hostname: str | None = None, generate: bool =
 def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
     """Create missing machine-id, hostname and host key; return what was generated."""
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
-        raise UsageError(f"{directory} is not a directory")
+        raise UsageError(
+            f"{directory} is not a directory", "make it a plain folder holding the identity files"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     made: list[Name] = []
     if not _exists(directory / Name.MACHINE_ID):
@@ -147,11 +149,14 @@ def _read(path: Path, rule: Rule) -> bytes | None:
             raise UsageError(
                 f"{path} is a symbolic link", "identity files must be regular files in the folder"
             ) from None
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror}", "check its permissions") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)  # before fdopen, which refuses a directory with an IsADirectoryError
+        raise UsageError(
+            f"{path} is not a regular file", "identity files must be regular files in the folder"
+        )
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"{path} is not a regular file")
         if rule.secret and info.st_mode & 0o077:
             raise UsageError(
                 f"{path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):04o})",
@@ -159,7 +164,8 @@ def _read(path: Path, rule: Rule) -> bytes | None:
             )
         if info.st_size > MAX_FILE_BYTES:
             raise UsageError(
-                f"{path} is {info.st_size} bytes; identity files are limited to {MAX_FILE_BYTES}"
+                f"{path} is {info.st_size} bytes; identity files are limited to {MAX_FILE_BYTES}",
+                f"shorten {path.name}",
             )
         return f.read(MAX_FILE_BYTES + 1)
 
