@@ -119,7 +119,7 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
         if field not in entry:
             _bad(source, f"{at}.{field}", "is missing")
     system = entry["system"]
-    if system not in SYSTEMS:
+    if not isinstance(system, str) or system not in SYSTEMS:
         _bad(source, f"{at}.system", f"must be one of {', '.join(sorted(SYSTEMS))}, not {system!r}")
     return Machine(
         name=name,
@@ -146,7 +146,7 @@ def _network(source: str, at: str, value: Any) -> Network:
     if not isinstance(value, dict):
         _bad(source, at, 'must be an object like {"type": "network", "name": "default"}')
     kind = value.get("type")
-    if kind not in {t.value for t in NetworkType}:
+    if not isinstance(kind, str) or kind not in {t.value for t in NetworkType}:
         _bad(source, f"{at}.type", f"must be network, bridge or none, not {kind!r}")
     if kind == NetworkType.NONE:
         _no_extra(source, at, value, {"type"})

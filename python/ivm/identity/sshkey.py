@@ -125,6 +125,8 @@ def parse_public_key(line: str) -> PublicKey:
 def split_authorized_key(line: str) -> str:
     """Return the `type base64 [comment]` part of an authorized_keys line, skipping any options."""
     stripped = line.strip()
+    if not stripped:
+        raise ValueError("is empty")
     first = stripped.split(None, 1)[0]
     if first in PUBLIC_KEY_TYPES or first.startswith(("ssh-", "ecdsa-", "sk-")):
         return stripped
