@@ -290,6 +290,12 @@ CASES: tuple[Case, ...] = (
     bad_json("var-negative", r"var_size_gib must be between 1", lambda w: w.machine(var_size_gib=-20)),
     bad_json("var-huge", r"var_size_gib must be between", lambda w: w.machine(var_size_gib=2**64)),
     bad_json("system-unknown", r"system must be one of", lambda w: w.machine(system="riscv64-linux")),
+    bad_json("system-list", r"system must be one of .* not \[\]", lambda w: w.machine(system=[])),
+    bad_json(
+        "network-type-list",
+        r"network\.type must be network, bridge or none, not \{\}",
+        lambda w: w.machine(network={"type": {}, "name": "x"}),
+    ),
     bad_json(
         "network-type",
         r"network\.type must be network, bridge or none, not 'macvtap'",
