@@ -1,0 +1,269 @@
+# Imports the VM's identity into /var/identity and prepares the sources of /etc/resolv.conf and
+# /etc/hosts. Runs in the initrd (ivm-identity.service, modules/identity.nix), before the bind mounts
+# onto /sysroot/etc and before switch-root, so PID 1 starts with the VM's machine-id.
+#
+#   identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF
+#
+# SOURCE is the mounted identity disk (empty when there is none). The files are checked with the
+# rules the host tool applied (python/ivm/identity/rules.py), then only the known names are copied,
+# root-owned with fixed modes, into a new directory that replaces IDENTITY_DIR in one rename
+# (RENAME_EXCHANGE). A missing or invalid disk keeps the previous identity: the VM still boots.
+# RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF) and hosts (BASE_HOSTS plus
+# the identity's extra lines).
+set -uo pipefail
+export LC_ALL=C
+
+readonly max_bytes=65536
+readonly required=(machine-id hostname ssh_host_ed25519_key ssh_host_ed25519_key.pub)
+readonly optional=(resolv.conf hosts tcp_ports udp_ports admin_authorized_keys user_authorized_keys)
+
+log() { echo "ivm-identity: $*" >&2; }
+
+# Rules return 1 and leave the reason in `problem`.
+problem=""
+fail() {
+  problem="$*"
+  return 1
+}
+
+# Reads a file into `text` after the checks every identity file gets.
+text=""
+read_text() {
+  local file=$1 size
+  if [[ -L $file || ! -f $file ]]; then
+    fail "is not a regular file"
+    return
+  fi
+  size=$(stat -c %s -- "$file") || {
+    fail "cannot be read"
+    return
+  }
+  if ((size > max_bytes)); then
+    fail "is $size bytes; identity files are limited to $max_bytes"
+    return
+  fi
+  # Bash variables cannot hold NUL bytes: count them before reading.
+  if (($(tr -d '\000' <"$file" | wc -c) != size)); then
+    fail "holds a NUL byte"
+    return
+  fi
+  text=$(<"$file") || {
+    fail "cannot be read"
+    return
+  }
+  if [[ $text == *[$'\001'-$'\010'$'\013'-$'\037'$'\177']* ]]; then
+    fail "holds a control character (or CR line endings)"
+    return
+  fi
+}
+
+# Lines that are neither blank nor comments, trimmed, into the array `lines`.
+content_lines() {
+  local comments=${2:-#} line
+  lines=()
+  while IFS= read -r line || [[ -n $line ]]; do
+    line=${line#"${line%%[![:space:]]*}"}
+    line=${line%"${line##*[![:space:]]}"}
+    [[ -z $line || $comments == *"${line:0:1}"* ]] && continue
+    lines+=("$line")
+  done <<<"$1"
+}
+
+is_ip() {
+  local a=$1 octet
+  if [[ $a =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]]; then
+    for octet in "${BASH_REMATCH[@]:1}"; do
+      ((10#$octet <= 255)) || return 1
+    done
+    return 0
+  fi
+  [[ $a == *:* && $a =~ ^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$ ]]
+}
+
+readonly dns_name='^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$'
+readonly key_type='(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)'
+readonly authorized_key="(^|[[:space:]])${key_type}[[:space:]]+[A-Za-z0-9+/]+={0,3}([[:space:]]|$)"
+
+check_machine_id() {
+  [[ $1 =~ ^[0-9a-f]{32}$ && $(stat -c %s -- "$2") -le 33 ]] ||
+    fail "must be 32 lowercase hexadecimal characters and a newline (machine-id(5))" || return
+  [[ $1 != 00000000000000000000000000000000 ]] || fail "must not be all zeros"
+}
+
+check_hostname() {
+  [[ $1 =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ && $(stat -c %s -- "$2") -le 64 ]] ||
+    fail "must be one hostname label (a-z, 0-9, '-', at most 63)"
+}
+
+check_private_key() {
+  [[ $1 == "-----BEGIN OPENSSH PRIVATE KEY-----"$'\n'*$'\n'"-----END OPENSSH PRIVATE KEY-----" ]] ||
+    fail "is not an OpenSSH private key"
+}
+
+check_public_key() {
+  content_lines "$1"
+  ((${#lines[@]} == 1)) || fail "must hold exactly one public key line" || return
+  [[ ${lines[0]} =~ ^ssh-ed25519[[:space:]]+[A-Za-z0-9+/]+={0,3}([[:space:]].*)?$ ]] ||
+    fail "must be an ssh-ed25519 public key"
+}
+
+check_ports() {
+  local line n=0
+  content_lines "$1"
+  for line in "${lines[@]}"; do
+    n=$((n + 1))
+    [[ $line =~ ^[0-9]{1,5}$ ]] && ((10#$line >= 1 && 10#$line <= 65535)) ||
+      fail "line '$line' is not a port number from 1 to 65535" || return
+  done
+}
+
+check_hosts() {
+  local line name fields
+  content_lines "$1"
+  for line in "${lines[@]}"; do
+    read -r -a fields <<<"${line%%#*}"
+    ((${#fields[@]} > 0)) || continue
+    is_ip "${fields[0]}" || fail "'${fields[0]}' is not an IP address" || return
+    ((${#fields[@]} >= 2)) || fail "an address needs at least one host name" || return
+    for name in "${fields[@]:1}"; do
+      [[ $name =~ $dns_name && ${#name} -le 253 ]] || fail "'$name' is not a valid host name" || return
+    done
+  done
+}
+
+check_resolv_conf() {
+  local line fields name
+  content_lines "$1" "#;"
+  for line in "${lines[@]}"; do
+    read -r -a fields <<<"$line"
+    case ${fields[0]} in
+    nameserver)
+      ((${#fields[@]} == 2)) || fail "nameserver takes exactly one address" || return
+      is_ip "${fields[1]}" || fail "'${fields[1]}' is not an IP address" || return
+      ;;
+    search | domain)
+      ((${#fields[@]} >= 2)) || fail "${fields[0]} needs at least one domain" || return
+      for name in "${fields[@]:1}"; do
+        [[ $name =~ $dns_name ]] || fail "'$name' is not a valid domain" || return
+      done
+      ;;
+    options | sortlist) ;;
+    *) fail "unknown keyword '${fields[0]}'" || return ;;
+    esac
+  done
+}
+
+check_authorized_keys() {
+  local line
+  content_lines "$1"
+  for line in "${lines[@]}"; do
+    [[ $line =~ $authorized_key ]] || fail "line '${line:0:40}' holds no public key" || return
+  done
+}
+
+# The rule and the mode of each known name.
+rule_of() {
+  case $1 in
+  machine-id) echo check_machine_id ;;
+  hostname) echo check_hostname ;;
+  ssh_host_ed25519_key) echo check_private_key ;;
+  ssh_host_ed25519_key.pub) echo check_public_key ;;
+  resolv.conf) echo check_resolv_conf ;;
+  hosts) echo check_hosts ;;
+  tcp_ports | udp_ports) echo check_ports ;;
+  admin_authorized_keys | user_authorized_keys) echo check_authorized_keys ;;
+  esac
+}
+
+mode_of() {
+  if [[ $1 == ssh_host_ed25519_key ]]; then echo 0600; else echo 0644; fi
+}
+
+# Checks every known file on the disk into `found`, or fails naming the first problem.
+found=()
+validate() {
+  local source=$1 name text
+  found=()
+  for name in "${required[@]}"; do
+    [[ -e $source/$name || -L $source/$name ]] || fail "$name is missing" || return
+  done
+  for name in "${required[@]}" "${optional[@]}"; do
+    [[ -e $source/$name || -L $source/$name ]] || continue
+    text=""
+    if ! read_text "$source/$name" || ! "$(rule_of "$name")" "$text" "$source/$name"; then
+      problem="$name $problem"
+      return 1
+    fi
+    found+=("$name")
+  done
+}
+
+import_identity() {
+  local source=$1 target=$2 name staging
+  if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
+    log "no identity disk (or it is empty); keeping ${target}"
+    return 0
+  fi
+  if ! validate "$source"; then
+    log "identity disk rejected: $problem; keeping ${target}"
+    return 0
+  fi
+  # Same file system as the target, so the final rename is atomic.
+  staging="$(dirname -- "$target")/.identity.new"
+  rm -rf -- "$staging" && mkdir -m 0755 -- "$staging" && chmod 0755 -- "$staging" || return 1
+  for name in "${found[@]}"; do
+    install -m "$(mode_of "$name")" -o 0 -g 0 -- "$source/$name" "$staging/$name" || return 1
+  done
+  sync -f -- "$staging" || return 1
+  if [[ -e $target || -L $target ]]; then
+    # RENAME_EXCHANGE: the old directory lands at $staging, then goes.
+    mv --exchange --no-target-directory -- "$staging" "$target" || return 1
+    rm -rf -- "$staging" || return 1
+  else
+    mv --no-target-directory -- "$staging" "$target" || return 1
+  fi
+  sync -f -- "$target" || return 1
+  log "imported ${#found[@]} files into ${target}: ${found[*]}"
+}
+
+# Writes a file in place by rename, so a reader never sees half of it.
+publish() {
+  local target=$1
+  cat >"$target.new" && chmod 0644 -- "$target.new" && mv -f -- "$target.new" "$target"
+}
+
+prepare_runtime() {
+  local identity=$1 runtime=$2 base_hosts=$3 default_resolv=$4
+  if [[ ! -d $runtime ]]; then
+    mkdir -m 0755 -- "$runtime" || return 1
+  fi
+  if [[ -f $identity/resolv.conf ]]; then
+    publish "$runtime/resolv.conf" <"$identity/resolv.conf" || return 1
+  else
+    publish "$runtime/resolv.conf" <"$default_resolv" || return 1
+  fi
+  {
+    cat -- "$base_hosts" || return 1
+    if [[ -f $identity/hosts ]]; then
+      printf '\n# From the VM identity (hosts)\n'
+      cat -- "$identity/hosts" || return 1
+    fi
+  } | publish "$runtime/hosts"
+}
+
+main() {
+  if (($# != 5)); then
+    echo "usage: identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF" >&2
+    return 2
+  fi
+  import_identity "$1" "$2" || {
+    log "failed to write ${2}; it may be incomplete"
+    return 1
+  }
+  prepare_runtime "$2" "$3" "$4" "$5" || {
+    log "failed to prepare ${3}"
+    return 1
+  }
+}
+
+main "$@"

@@ -1,0 +1,13 @@
+# Networking: systemd-networkd with DHCP on every Ethernet link, systemd-resolved for names. The
+# hostname is not part of the image: it comes from the identity (modules/identity-binds.nix).
+{ lib, ... }:
+{
+  # networkd is the appliance profile's choice too; DHCP works on libvirt's default network.
+  networking.useNetworkd = true;
+  networking.useDHCP = lib.mkDefault true;
+
+  # resolvconf writes /etc/resolv.conf, impossible on an immutable /etc (comment in
+  # nixos/tests/activation/etc-overlay-immutable.nix); resolved serves DHCP's DNS servers instead.
+  services.resolved.enable = true;
+  networking.resolvconf.enable = false;
+}

@@ -1,0 +1,34 @@
+# sshd with the VM's host key and authorized keys taken from /var/identity: key login only, no root.
+{ config, lib, ... }:
+let
+  identity = config.ivm.identity.directory;
+  hostKey = "${identity}/ssh_host_ed25519_key";
+in
+{
+  services.openssh = {
+    enable = true;
+    hostKeys = [
+      {
+        path = hostKey;
+        type = "ed25519";
+      }
+    ];
+    # The key comes from the identity; generating one would give every boot of a VM without
+    # identity a different key, and sshd-keygen cannot write to the identity anyway.
+    generateHostKeys = false;
+    # /var/identity/admin_authorized_keys and user_authorized_keys; nobody else has a file.
+    authorizedKeysInHomedir = false;
+    authorizedKeysFiles = lib.mkForce [ "${identity}/%u_authorized_keys" ];
+    settings = {
+      PasswordAuthentication = false;
+      KbdInteractiveAuthentication = false;
+      PermitRootLogin = "no";
+    };
+  };
+
+  # Without an identity there is no host key: sshd is skipped (and says so) rather than failing.
+  systemd.services.sshd.unitConfig.ConditionPathExists = hostKey;
+
+  # Its tmpfiles rules create /root/.ssh on the read-only root; root never logs in by SSH.
+  systemd.tmpfiles.settings."ssh-root-provision" = lib.mkForce { };
+}
