@@ -1,0 +1,2 @@
+# The base guest alone: SSH, firewall, persistent /var. Its image differs from web1/web2's.
+{ }
