@@ -1,0 +1,38 @@
+{
+  description = "Immutable NixOS VM images and ivm, the tool that runs many libvirt VMs from one of them";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      lib.machines = import ./nix/machines.nix { inherit lib; };
+
+      nixosModules = {
+        default = ./modules;
+        web = ./modules/roles/web.nix;
+      };
+
+      nixosConfigurations = import ./nix/nixos-configurations.nix { inherit self nixpkgs; };
+
+      packages = forAllSystems (pkgs: import ./nix/packages.nix { inherit self pkgs; });
+
+      apps = forAllSystems (pkgs: import ./nix/apps.nix { inherit self pkgs; });
+
+      devShells = forAllSystems (pkgs: {
+        default = import ./nix/devshell.nix { inherit pkgs; };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-tree.override { nixfmtPackage = pkgs.nixfmt-rs; });
+
+      checks = forAllSystems (pkgs: import ./checks { inherit self pkgs; });
+    };
+}

@@ -1,0 +1,92 @@
+# The schema of machines/<name>/meta.nix: plain data, typed here so a mistake fails evaluation
+# with the file and option that are wrong; defaults fill what a machine leaves out.
+{ lib, name, ... }:
+let
+  inherit (lib) types;
+in
+{
+  options = {
+    system = lib.mkOption {
+      type = types.enum [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      description = "Platform the machine's image is built for (`nixpkgs.hostPlatform`).";
+      example = "aarch64-linux";
+    };
+
+    vcpus = lib.mkOption {
+      type = types.ints.between 1 512;
+      default = 2;
+      description = "Virtual CPUs of the domain.";
+      example = 4;
+    };
+
+    memory_mib = lib.mkOption {
+      type = types.ints.between 64 4194304;
+      default = 2048;
+      description = "Memory of the domain in MiB.";
+      example = 4096;
+    };
+
+    var_size_gib = lib.mkOption {
+      type = types.ints.between 1 65536;
+      default = 20;
+      description = "Size of the sparse /var disk in GiB (only its used blocks take space).";
+      example = 50;
+    };
+
+    network = lib.mkOption {
+      type = types.submodule {
+        options = {
+          type = lib.mkOption {
+            type = types.enum [
+              "network"
+              "bridge"
+              "none"
+            ];
+            description = "A libvirt network, a host bridge, or no NIC at all.";
+            example = "bridge";
+          };
+          name = lib.mkOption {
+            type = types.nullOr (types.strMatching "[A-Za-z0-9_.:-]{1,64}");
+            default = null;
+            description = "Name of the libvirt network or host bridge; unset for `none`.";
+            example = "br0";
+          };
+        };
+      };
+      default = {
+        type = "network";
+        name = "default";
+      };
+      description = "Where the VM's NIC is plugged.";
+      example = {
+        type = "bridge";
+        name = "br0";
+      };
+    };
+
+    mac = lib.mkOption {
+      type = types.nullOr (types.strMatching "[0-9a-f]{2}(:[0-9a-f]{2}){5}");
+      default = null;
+      description = "Fixed MAC address; null derives a stable one from the machine-id.";
+      example = "52:54:00:12:34:56";
+    };
+
+    libvirt_uri = lib.mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "libvirt URI of the host running this VM; null means $LIBVIRT_URI or qemu:///system.";
+      example = "qemu+ssh://root@host1/system";
+    };
+
+    image_attr = lib.mkOption {
+      type = types.strMatching "[A-Za-z0-9_][A-Za-z0-9_.-]*";
+      default = "image-${name}";
+      defaultText = lib.literalExpression ''"image-''${name}"'';
+      description = "Flake package the tool builds to get this machine's base image.";
+      example = "image-web";
+    };
+  };
+}

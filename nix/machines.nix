@@ -1,0 +1,46 @@
+# Every folder under machines/ is a machine; its meta.nix, checked against machine-meta.nix and
+# completed with defaults, is the machine's entry in machines.json (design.md §5).
+{ lib }:
+let
+  dir = ../machines;
+  names = lib.attrNames (lib.filterAttrs (_: type: type == "directory") (builtins.readDir dir));
+
+  # The tool accepts the same names (a hostname label); anything else fails here, not at run time.
+  checkName =
+    name:
+    if builtins.match "[a-z]([a-z0-9-]{0,61}[a-z0-9])?" name != null then
+      name
+    else
+      throw "machines/${name}: '${name}' is not a valid machine name; rename the folder to a hostname label ([a-z][a-z0-9-]*, at most 63 characters, not ending in '-')";
+
+  checkNetwork =
+    name: network:
+    if network.type == "none" && network.name != null then
+      throw "machines/${name}/meta.nix: network.name = \"${network.name}\" makes no sense with network.type = \"none\"; remove network.name"
+    else if network.type != "none" && network.name == null then
+      throw "machines/${name}/meta.nix: network.type = \"${network.type}\" needs network.name (the libvirt network or host bridge)"
+    else
+      lib.filterAttrs (_: value: value != null) network;
+
+  load =
+    name:
+    let
+      file = dir + "/${name}/meta.nix";
+      evaluated = lib.evalModules {
+        specialArgs = { inherit name; };
+        modules = [
+          ./machine-meta.nix
+          {
+            _file = file;
+            config = import file;
+          }
+        ];
+      };
+      meta = removeAttrs evaluated.config [ "_module" ];
+    in
+    if builtins.pathExists file then
+      meta // { network = checkNetwork name meta.network; }
+    else
+      throw "machines/${name} has no meta.nix; add one (at least `{ system = \"x86_64-linux\"; }`)";
+in
+lib.genAttrs (map checkName names) load

@@ -1,0 +1,64 @@
+# The ivm tool, packaged as nixpkgs packages Python applications (pkgs/by-name/mk/mkosi/package.nix).
+{
+  lib,
+  python3Packages,
+  e2fsprogs,
+  qemu-utils,
+  openssh,
+  libvirt,
+}:
+let
+  pyproject = lib.importTOML ../pyproject.toml;
+  # Tools the tool runs: mkfs.ext4/debugfs (identity disk), qemu-img, ssh-keygen/ssh, virsh console.
+  runtimeTools = [
+    e2fsprogs
+    qemu-utils
+    openssh
+    libvirt
+  ];
+in
+python3Packages.buildPythonApplication {
+  pname = pyproject.project.name;
+  inherit (pyproject.project) version;
+  pyproject = true;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../pyproject.toml
+      ../python
+      (lib.fileset.maybeMissing ../README.md)
+      (lib.fileset.maybeMissing ../tests/conftest.py)
+      (lib.fileset.maybeMissing ../tests/unit)
+    ];
+  };
+
+  build-system = [ python3Packages.setuptools ];
+
+  dependencies = with python3Packages; [
+    click
+    lxml
+    libvirt
+  ];
+
+  nativeCheckInputs = [ python3Packages.pytestCheckHook ] ++ runtimeTools;
+
+  # Only the unit tests: integration tests need a libvirt daemon, nix tests need Nix.
+  enabledTestPaths = [ "tests/unit" ];
+
+  pythonImportsCheck = [ "ivm" ];
+
+  makeWrapperArgs = [
+    "--prefix"
+    "PATH"
+    ":"
+    (lib.makeBinPath runtimeTools)
+  ];
+
+  meta = {
+    description = pyproject.project.description;
+    license = lib.licenses.mit;
+    mainProgram = "ivm";
+    platforms = lib.platforms.linux;
+  };
+}
