@@ -1,0 +1,187 @@
+"""Integration fixtures: a real libvirt daemon, stand-in guest images, and a throwaway fleet
+(its own pool in a scratch directory, its own project folder) driven through the real `ivm` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.conftest import machine_entry
+from tests.integration.harness.console import ConsoleCapture
+from tests.integration.harness.daemon import DaemonError, ensure_libvirt
+from tests.integration.harness.pool import scratch_pool_dir
+from tests.integration.harness.report import Report
+from tests.integration.standin.image import build_standin_image
+
+BOOT_TIMEOUT = 180.0  # a TCG boot takes ~10 s; leave room for a loaded CI machine
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def system_uri() -> str:
+    try:
+        return ensure_libvirt()
+    except DaemonError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a libvirt daemon: {e}")
+        pytest.skip(f"no libvirt daemon: {e}")
+
+
+@dataclass(frozen=True)
+class Images:
+    a: Path  # stand-in guest printing marker A
+    b: Path  # the same guest printing marker B: an "upgraded" base
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory, system_uri: str) -> Images:
+    d = tmp_path_factory.mktemp("standin")
+    return Images(build_standin_image(d / "a.raw", "A"), build_standin_image(d / "b.raw", "B"))
+
+
+@dataclass
+class Fleet:
+    """A project folder with machines.json and an `ivm` pool of its own on a real daemon."""
+
+    uri: str
+    root: Path
+    machines_file: Path
+    pool: str
+    pool_path: Path
+    names: list[str] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IVM_", "OVMF_"))}
+        env.update(IVM_POOL=self.pool, IVM_POOL_PATH=str(self.pool_path), LIBVIRT_URI=self.uri)
+        return env
+
+    def add(self, name: str, **overrides: Any) -> str:
+        """Add a machine (no NIC by default: the stand-in needs none)."""
+        self.names.append(name)
+        doc = json.loads(self.machines_file.read_text())
+        doc["machines"][name] = machine_entry(
+            **{
+                "memory_mib": 256,
+                "vcpus": 1,
+                "var_size_gib": 1,
+                "network": {"type": "none"},
+                "image_attr": f"image-{name}",
+                **overrides,
+            }
+        )
+        self.machines_file.write_text(json.dumps(doc))
+        return name
+
+    def ivm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI in a subprocess, as a user would."""
+        argv = [
+            sys.executable,
+            "-m",
+            "ivm",
+            "--machines",
+            str(self.machines_file),
+            "--root",
+            str(self.root),
+            *args,
+        ]
+        r = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            pytest.fail(f"ivm {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+        return r
+
+    def conn(self) -> Any:
+        return libvirt.open(self.uri)
+
+    def volumes(self) -> list[str]:
+        conn = self.conn()
+        try:
+            pool = conn.storagePoolLookupByName(self.pool)
+            pool.refresh(0)
+            return sorted(pool.listVolumes())
+        except libvirt.libvirtError:
+            return []
+        finally:
+            conn.close()
+
+    def volume_path(self, name: str) -> Path:
+        return self.pool_path / name
+
+    def boot(self, name: str, timeout: float = BOOT_TIMEOUT) -> Report:
+        """`ivm start NAME`, read the stand-in's console report, wait until it powers off."""
+        self.ivm("start", name)
+        with ConsoleCapture(self.uri, name) as console:
+            report = console.wait_done(timeout)
+        self.wait_shut_off(name)
+        return report
+
+    def wait_shut_off(self, name: str, timeout: float = 30) -> None:
+        conn = self.conn()
+        try:
+            dom = conn.lookupByName(name)
+            deadline = time.monotonic() + timeout
+            while dom.isActive():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not power off within {timeout} s")
+                time.sleep(0.1)
+        finally:
+            conn.close()
+
+
+def _teardown(fleet: Fleet) -> None:
+    conn = fleet.conn()
+    try:
+        for name in fleet.names:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        try:
+            pool = conn.storagePoolLookupByName(fleet.pool)
+        except libvirt.libvirtError:
+            return
+        if pool.isActive():
+            pool.refresh(0)
+            for vol in pool.listAllVolumes():
+                vol.delete(0)
+            pool.destroy()
+        pool.undefine()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def fleet(system_uri: str, tmp_path: Path) -> Iterator[Fleet]:
+    root = tmp_path / "project"
+    (root / "machines").mkdir(parents=True)
+    (root / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    machines = tmp_path / "machines.json"
+    machines.write_text(json.dumps({"version": 1, "machines": {}}))
+    with scratch_pool_dir() as pool_dir:
+        f = Fleet(system_uri, root, machines, f"ivm-test-{secrets.token_hex(4)}", pool_dir / "pool")
+        try:
+            yield f
+        finally:
+            _teardown(f)
+
+
+def vm_name(prefix: str = "it") -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
