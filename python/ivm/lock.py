@@ -5,12 +5,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ivm.errors import ToolError
+
+log = logging.getLogger("ivm.lock")
 
 
 def lock_dir() -> Path:
@@ -23,8 +26,9 @@ def lock_dir() -> Path:
 
 
 @contextmanager
-def vm_lock(uri: str, name: str) -> Iterator[None]:
-    """Hold the lock of VM `name` on `uri`; fail at once (exit 1) if another run holds it.
+def vm_lock(uri: str, name: str, wait: bool = False) -> Iterator[None]:
+    """Hold the lock of VM `name` on `uri`; fail at once (exit 1) if another run holds it, or with
+    `wait`, wait for it (for shared work such as a base import, which the holder finishes for us).
 
     flock is released by the kernel when the process dies, so a killed run never leaves it stuck.
     """
@@ -40,10 +44,14 @@ def vm_lock(uri: str, name: str) -> Iterator[None]:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise ToolError(
-                f"{name} is busy: ivm (pid {holder}) is already working on it",
-                "wait for that run to finish, then try again",
-            ) from None
+            if wait:
+                log.info("waiting for ivm (pid %s) to finish with %s", holder, name)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                raise ToolError(
+                    f"{name} is busy: ivm (pid {holder}) is already working on it",
+                    "wait for that run to finish, then try again",
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

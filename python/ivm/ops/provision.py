@@ -96,7 +96,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
 def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | None) -> str:
     """Upload the base as base-<hash>.qcow2 unless a complete copy is already in the pool."""
     name = base_volume(base.hash)
-    with vm_lock(hv.uri, f"_{name}"):  # two VMs created at once must not import one base twice
+    with vm_lock(hv.uri, f"_{name}", wait=True):  # two VMs created at once import one base once
         failpoint("create:base-locked")
         if is_complete(hv, name, "qcow2"):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
