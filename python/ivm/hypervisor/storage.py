@@ -45,7 +45,7 @@ class Storage:
             with libvirt_errors(f"starting storage pool {self.name}"):
                 if not pool.isActive():
                     pool.create(0)
-                pool.refresh(0)
+                _refresh(pool)
             self._pool = pool
         return self._pool
 
@@ -103,6 +103,16 @@ class Storage:
         found = doc.find("backingStore/path")
         return found.text if found is not None else None
 
+    def changed_at(self, name: str) -> float:
+        """When the volume's content last changed (its file's ctime in a dir pool), 0 if unknown."""
+        vol = self.volume(name)
+        if vol is None:
+            return 0.0
+        with libvirt_errors(f"reading volume {name}"):
+            doc = etree.fromstring(vol.XMLDesc(0).encode())
+        stamp = doc.findtext("target/timestamps/ctime") or doc.findtext("target/timestamps/mtime")
+        return float(stamp) if stamp else 0.0
+
     def info(self, name: str) -> tuple[int, int] | None:
         """(capacity, allocation) in bytes, or None if absent."""
         vol = self.volume(name)
@@ -142,7 +152,7 @@ class Storage:
             _delete_quietly(vol, name)
             raise
         with libvirt_errors(f"refreshing pool {self.name}"):
-            self.find().refresh(0)
+            _refresh(self.find())
 
     def head(self, name: str, length: int) -> bytes:
         """The first bytes of a volume, downloaded through the connection."""
@@ -160,6 +170,17 @@ class Storage:
                 chunks.append(data)
             stream.finish()
         return b"".join(chunks)[:length]
+
+
+def _refresh(pool: Any) -> None:
+    """Rescan the pool; skipped while another client streams a volume in it (libvirt refuses a
+    refresh then, and volumes made through the API are known to it without one)."""
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError as e:
+        if "asynchronous jobs" not in (e.get_error_message() or ""):
+            raise
+        log.debug("not refreshing pool %s: another client is streaming a volume in it", pool.name())
 
 
 def _upload(
