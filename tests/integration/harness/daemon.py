@@ -1,0 +1,111 @@
+"""Start a real libvirt daemon without systemd, and choose the domain type this host can run."""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SYSTEM_URI = "qemu:///system"
+# Daemons live in sbin, which a non-login or non-root PATH often lacks.
+_SBIN = ("/usr/sbin", "/sbin")
+
+
+class DaemonError(RuntimeError):
+    """No libvirt daemon answers and none could be started."""
+
+
+def _find(name: str) -> str | None:
+    path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
+    return shutil.which(name, path=path)
+
+
+def _answers(uri: str) -> bool:
+    virsh = _find("virsh")
+    if virsh is None:
+        raise DaemonError("virsh not found: install libvirt-clients")
+    try:
+        done = subprocess.run(
+            [virsh, "-c", uri, "uri"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def _daemons() -> list[str]:
+    """The daemons to start, by what is installed: monolithic libvirtd if present, else modular."""
+    names = ["virtlogd", "libvirtd"] if _find("libvirtd") else ["virtlogd", "virtqemud", "virtstoraged"]
+    found = [_find(n) for n in names]
+    missing = [n for n, f in zip(names, found, strict=True) if f is None]
+    if missing:
+        raise DaemonError(
+            f"libvirt daemons not installed: {', '.join(missing)} (install libvirt-daemon-system)"
+        )
+    return [f for f in found if f is not None]
+
+
+def grant_kvm_to_qemu() -> None:
+    """Give /dev/kvm the group and mode udev would (kvm, 0660) where no udev ran.
+
+    With /dev/kvm 0600 root, libvirt's QEMU probe (as root) sees KVM but its cache check (as
+    libvirt-qemu) does not, so it discards its capability cache and re-probes QEMU on every API
+    call that needs it: measured here, ~9 s per call and minutes per defineXML.
+    """
+    kvm = Path("/dev/kvm")
+    try:
+        group = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return
+    if os.geteuid() == 0 and kvm.exists() and kvm.stat().st_gid == 0 and kvm.stat().st_mode & 0o060 == 0:
+        os.chown(kvm, -1, group)
+        kvm.chmod(0o660)
+
+
+def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
+    """Return `uri` once a daemon answers there, starting one (as root, for qemu:///system) if needed."""
+    grant_kvm_to_qemu()
+    if _answers(uri):
+        return uri
+    if uri != SYSTEM_URI:
+        # qemu:///session spawns its own daemon on connect; nothing else here can start one.
+        raise DaemonError(f"no libvirt daemon answers at {uri}")
+    if os.geteuid() != 0:
+        raise DaemonError(f"no libvirt daemon answers at {uri}, and starting one needs root")
+    daemons = _daemons()
+    errors = []
+    for daemon in daemons:
+        # A second copy of a running daemon exits on its pid-file lock: harmless, so not checked.
+        run = subprocess.run([daemon, "-d"], capture_output=True, text=True, timeout=30, check=False)
+        if run.returncode != 0:
+            errors.append(f"{Path(daemon).name}: {run.stderr.strip() or run.returncode}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers(uri):
+            return uri
+        time.sleep(0.2)
+    started = ", ".join(Path(d).name for d in daemons)
+    raise DaemonError(
+        f"started {started} but nothing answers at {uri} after {timeout:.0f} s"
+        + (f" ({'; '.join(errors)})" if errors else "")
+    )
+
+
+def virt_type() -> str:
+    """`kvm` only where KVM can really run guests; else `qemu` (TCG).
+
+    /dev/kvm alone is not enough: nested paravirtual KVM without vmx/svm aborts real guests.
+    """
+    kvm = Path("/dev/kvm")
+    if not (kvm.exists() and os.access(kvm, os.R_OK | os.W_OK)):
+        return "qemu"
+    flags = {
+        word
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("flags")
+        for word in line.split(":", 1)[1].split()
+    }
+    return "kvm" if flags & {"vmx", "svm"} else "qemu"
