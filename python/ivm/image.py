@@ -57,6 +57,12 @@ def nix_build(flake: str, attr: str, nix: str) -> Path:
     return Path(paths[0])
 
 
+def nix_out_path(flake: str, attr: str, nix: str) -> Path:
+    """The store path FLAKE#ATTR would build to, by evaluation only (no build)."""
+    argv = [*shlex.split(nix), "eval", "--raw", f"{flake}#{attr}.outPath"]
+    return Path(run(argv, package="Nix", what=f"nix eval {flake}#{attr}").strip())
+
+
 def image_file(out: Path) -> Path:
     """The disk image inside a build output: the path itself, or the one image in a directory."""
     if out.is_dir():

@@ -129,3 +129,52 @@ def require(dom: Any, name: str) -> Any:
     if dom is None:
         raise ToolError(f"{name} is not defined", f"run `ivm define {name}` (or `ivm up {name}`)")
     return dom
+
+
+PENDING_NS = "urn:x-ivm:pending:1"
+
+
+def set_restart_pending(dom: Any, pending: bool) -> None:
+    """Remember in the persistent definition that an upgrade stopped this VM and owes it a start,
+    so a re-run after a crash still starts it."""
+    with libvirt_errors(f"recording the upgrade of {dom.name()}"):
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            "<restart/>" if pending else None,
+            "ivmp" if pending else None,
+            PENDING_NS,
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
+
+
+def restart_pending(dom: Any) -> bool:
+    try:
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, PENDING_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return False
+        raise translate(e, f"reading {dom.name()}'s metadata") from None
+    return True
+
+
+def addresses(dom: Any) -> list[str]:
+    """The VM's IP addresses: from libvirt's DHCP leases, else from the guest agent."""
+    found: list[str] = []
+    for source in (
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+    ):
+        try:
+            interfaces = dom.interfaceAddresses(source, 0) or {}
+        except libvirt.libvirtError:
+            continue  # no lease source (bridged NIC) or no agent in the guest
+        for name, iface in sorted(interfaces.items()):
+            if name == "lo":
+                continue
+            for addr in iface.get("addrs") or []:
+                ip = addr.get("addr")
+                if ip and not ip.startswith(("127.", "fe80:", "::1")) and ip not in found:
+                    found.append(ip)
+        if found:
+            break
+    return found

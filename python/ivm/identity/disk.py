@@ -47,7 +47,7 @@ def build_identity_disk(identity: Identity, output: Path) -> Path:
                 "-E",
                 "root_owner=0:0",
                 "-U",
-                _fs_uuid(identity.machine_id),
+                fs_uuid(identity.digest),
                 "-d",
                 str(staging),
                 str(output),
@@ -72,7 +72,15 @@ def _make_root_owned(image: Path, names: list[str]) -> None:
     )
 
 
-def _fs_uuid(machine_id: str) -> str:
-    # A stable filesystem UUID per VM, distinct from the machine-id itself.
-    h = format(int(machine_id, 16) ^ int("6964656e74697479" * 2, 16), "032x")
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+def fs_uuid(digest: str) -> str:
+    """The filesystem UUID records which identity the disk holds (read back from its superblock)."""
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+SUPERBLOCK_UUID_AT = 1024 + 0x68  # s_uuid in the ext4 superblock
+
+
+def digest_in_superblock(head: bytes) -> str | None:
+    """The identity digest of a disk made by build_identity_disk, from its first 4 KiB."""
+    raw = head[SUPERBLOCK_UUID_AT : SUPERBLOCK_UUID_AT + 16]
+    return raw.hex() if len(raw) == 16 else None

@@ -6,6 +6,7 @@ Never regenerated: a host key whose public half is committed (that would break k
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import stat
@@ -38,6 +39,17 @@ class Identity:
     @property
     def host_public_key(self) -> str:
         return self.files[Name.HOST_KEY_PUB].decode().strip()
+
+    @property
+    def digest(self) -> str:
+        """Names what the identity disk holds, to tell when it must be rebuilt. The private key is
+        left out (its public half, which changes with it, is in): no secret feeds a value that is
+        stored in the domain XML."""
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            if name != Name.HOST_KEY:
+                h.update(f"{name}\0{len(self.files[name])}\0".encode() + self.files[name])
+        return h.hexdigest()[:32]
 
 
 def machine_dir(root: Path, name: str) -> Path:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import shlex
+import shutil
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
+from ivm.image import image_file, inspect, nix_out_path, store_hash
 from ivm.names import check_vm_name
 from ivm.ops.provision import boot_base
 from ivm.ops.session import Hypervisor, open_hypervisor
-from ivm.volumes import vm_volumes
+from ivm.volumes import base_volume, vm_volumes
+
+log = logging.getLogger("ivm.status")
 
 
 @dataclass(frozen=True)
@@ -27,24 +34,76 @@ class VmStatus:
     volumes: dict[str, bool]
     var_used_bytes: int | None
     var_size_bytes: int | None
+    current_base: str | None = None  # what a fresh deployment would use (see current_bases)
+    behind: bool | None = None  # runs an older base than current_base; None when unknown
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def status(settings: Settings, names: Iterable[str] = ()) -> list[VmStatus]:
+def status(
+    settings: Settings, names: Iterable[str] = (), image: Path | None = None, evaluate: bool = True
+) -> list[VmStatus]:
+    """Each VM's state and disks, and whether it is behind the current build (drift)."""
     wanted = [check_vm_name(n) for n in names] or sorted(settings.machines)
     by_uri: dict[str, list[str]] = defaultdict(list)
     for name in wanted:
         by_uri[settings.uri_for(settings.machine(name))].append(name)
+    current = current_bases(settings, wanted, image, evaluate)
     out: list[VmStatus] = []
     for uri, vms in by_uri.items():
         try:
             with open_hypervisor(settings, uri) as hv:
-                out += [vm_status(hv, name) for name in vms]
+                rows = [vm_status(hv, name) for name in vms]
+                newest = _newest_in_pool(hv, settings, rows)
+                out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
         except ToolError as e:
             out += [VmStatus(n, uri, f"unreachable: {e.message}", None, None, {}, None, None) for n in vms]
     return sorted(out, key=lambda v: v.name)
+
+
+def current_bases(
+    settings: Settings, names: Iterable[str], image: Path | None, evaluate: bool
+) -> dict[str, str]:
+    """The base each machine would get now: --image's, else the flake's image store hash by `nix eval`
+    (no build). Machines left out fall back to the newest base in their pool (see below)."""
+    if image is not None:
+        h = inspect(image_file(image)).hash
+        return dict.fromkeys(names, h)
+    if not evaluate or shutil.which(shlex.split(settings.nix)[0]) is None:
+        return {}
+    found: dict[str, str] = {}
+    by_attr: dict[str, str | None] = {}
+    for name in names:
+        attr = settings.machine(name).image_attr
+        if attr not in by_attr:
+            try:
+                by_attr[attr] = store_hash(nix_out_path(settings.flake_ref(), attr, settings.nix))
+            except ToolError as e:
+                log.debug("no drift from nix for %s: %s", attr, e)
+                by_attr[attr] = None
+        if by_attr[attr]:
+            found[name] = str(by_attr[attr])
+    return found
+
+
+def _newest_in_pool(hv: Hypervisor, settings: Settings, rows: list[VmStatus]) -> dict[str, str]:
+    """Without Nix: the most recently imported base that a VM of the same image runs."""
+    by_attr: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r.base:
+            by_attr[settings.machine(r.name).image_attr].append(r.base)
+    newest = {
+        attr: max(set(bases), key=lambda b: hv.storage.changed_at(base_volume(b)))
+        for attr, bases in by_attr.items()
+    }
+    return {r.name: newest[a] for r in rows if (a := settings.machine(r.name).image_attr) in newest}
+
+
+def _with_drift(row: VmStatus, current: str | None) -> VmStatus:
+    if current is None or row.base is None:
+        return replace(row, current_base=current)
+    return replace(row, current_base=current, behind=row.base != current)
 
 
 def vm_status(hv: Hypervisor, name: str) -> VmStatus:
@@ -54,8 +113,10 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
     meta = read_metadata(hv.domains.xml(dom)) if dom is not None else None
     if dom is not None:
         state = hv.domains.state(dom).value
-    elif any(present.values()):
+    elif present[vols.boot]:
         state = "created, not defined"
+    elif present[vols.var]:
+        state = "destroyed, data kept"
     else:
         state = State.UNDEFINED.value
     var = hv.storage.info(vols.var)

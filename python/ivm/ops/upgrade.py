@@ -1,0 +1,172 @@
+"""`upgrade` and `rollback`: move a VM to another base and rebuild its identity disk, keeping /var.
+
+Per VM: shut down (graceful; forced only with --force), recreate the boot overlay on the new base
+(a fresh overlay, never a re-pointed one: `qemu-img rebase -u` on an overlay with writes corrupts
+it), rebuild the identity disk from machines/<name>/, redefine (the metadata keeps the previous
+base for rollback), start again if it was running. The var disk is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivm.config import Settings
+from ivm.domain_xml import read_metadata
+from ivm.errors import ToolError
+from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
+from ivm.identity.disk import digest_in_superblock
+from ivm.image import BaseImage
+from ivm.names import check_vm_name
+from ivm.ops.define import created_base, define
+from ivm.ops.provision import (
+    HEADER,
+    ProgressFactory,
+    import_base,
+    make_overlay,
+    resolve_image,
+    vm_identity,
+    write_identity_disk,
+)
+from ivm.ops.session import VmSession, vm_session
+from ivm.volumes import base_volume
+
+log = logging.getLogger("ivm.upgrade")
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    name: str
+    old_base: str
+    new_base: str
+    changed: bool
+    identity_rebuilt: bool
+    restarted: bool
+    downtime_s: float | None  # from shutdown complete to start issued
+
+    def line(self) -> str:
+        if not self.changed:
+            return f"{self.name}: up to date on base {self.new_base[:12]}"
+        what = (
+            f"base {self.old_base[:12]} -> {self.new_base[:12]}"
+            if self.old_base != self.new_base
+            else f"identity rebuilt on base {self.new_base[:12]}"
+        )
+        tail = f", restarted after {self.downtime_s:.2f} s down" if self.downtime_s is not None else ""
+        return f"{self.name}: {what}{tail}"
+
+
+def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> UpgradeResult:
+    """Put VM `s` on base `target` (already in the pool) with a fresh identity disk."""
+    identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
+    dom = require(s.domain(), s.name)
+    current = created_base(s)
+    hv, vols = s.hv, s.volumes
+    meta = read_metadata(hv.domains.xml(dom))
+    disk_digest = digest_in_superblock(hv.storage.head(vols.identity, HEADER))
+    pending = restart_pending(dom)
+    identity_stale = disk_digest != identity.digest
+    if current == target and not identity_stale and meta is not None and meta.base == target and not pending:
+        return UpgradeResult(s.name, current, target, False, False, False, None)
+
+    was_running = pending or hv.domains.state(dom) is not State.SHUT_OFF
+    if hv.domains.state(dom) is not State.SHUT_OFF:
+        set_restart_pending(dom, True)
+        if not hv.domains.shutdown(dom, timeout):
+            if not force:
+                set_restart_pending(dom, False)
+                raise ToolError(
+                    f"{s.name} did not shut down within {timeout:g} s; nothing was changed",
+                    "pass --force to power it off, or a longer --timeout",
+                )
+            log.info("%s: powering off after %g s", s.name, timeout)
+            hv.domains.power_off(dom)
+    stopped_at = time.monotonic()
+    if current != target:
+        make_overlay(hv, vols.boot, target)
+    if identity_stale or current != target:
+        write_identity_disk(hv, vols.identity, identity)
+    define(s, base_hash=target)
+    dom = require(s.domain(), s.name)
+    downtime = None
+    if was_running:
+        set_restart_pending(dom, True)  # a new definition replaced the metadata that held it
+        hv.domains.start(dom)
+        downtime = time.monotonic() - stopped_at
+    set_restart_pending(dom, False)
+    return UpgradeResult(s.name, current, target, True, identity_stale, was_running, downtime)
+
+
+def previous_base(s: VmSession) -> str:
+    dom = require(s.domain(), s.name)
+    meta = read_metadata(s.hv.domains.xml(dom))
+    if meta is None or not meta.previous_base:
+        raise ToolError(f"{s.name} has no previous base to roll back to", "it has never been upgraded")
+    if s.hv.storage.volume(base_volume(meta.previous_base)) is None:
+        raise ToolError(
+            f"the previous base of {s.name} ({meta.previous_base[:12]}) is no longer in the pool",
+            "upgrade to a build of the old configuration instead (ivm upgrade --image PATH)",
+        )
+    return meta.previous_base
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    results: tuple[UpgradeResult, ...]
+    failures: tuple[tuple[str, str], ...]  # (name, one-line error)
+    skipped: tuple[str, ...]  # --all: machines that were never created
+
+    def summary(self) -> str:
+        changed = sum(r.changed for r in self.results)
+        return (
+            f"{changed} upgraded, {len(self.results) - changed} up to date, "
+            f"{len(self.failures)} failed, {len(self.skipped)} not created"
+        )
+
+
+def upgrade_fleet(
+    settings: Settings,
+    names: Sequence[str],
+    *,
+    all_created: bool,
+    image: Path | None,
+    force: bool,
+    timeout: float,
+    report: Callable[[str], None],
+    progress: ProgressFactory | None = None,
+) -> FleetResult:
+    """Upgrade each VM in turn, each under its own lock; one VM's failure does not stop the rest."""
+    wanted = [check_vm_name(n) for n in names] or sorted(settings.machines)
+    for n in wanted:
+        settings.machine(n)  # unknown names are usage errors before anything changes
+    builds: dict[str, BaseImage | ToolError] = {}  # one build (or failure) per image
+    results: list[UpgradeResult] = []
+    failures: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    for name in wanted:
+        try:
+            with vm_session(settings, name) as s:
+                if all_created and s.hv.storage.volume(s.volumes.boot) is None:
+                    skipped.append(name)
+                    continue
+                key = str(image) if image else s.machine.image_attr
+                if key not in builds:
+                    try:
+                        builds[key] = resolve_image(s, image)
+                    except ToolError as e:
+                        builds[key] = e
+                built = builds[key]
+                if isinstance(built, ToolError):
+                    raise built
+                import_base(s.hv, built, progress)
+                result = move_to_base(s, built.hash, force=force, timeout=timeout)
+        except ToolError as e:
+            failures.append((name, str(e)))
+            report(f"{name}: failed: {e}")
+            continue
+        results.append(result)
+        report(result.line())
+    return FleetResult(tuple(results), tuple(failures), tuple(skipped))
