@@ -18,7 +18,7 @@ import pytest
 from .harness.console import ConsoleCapture
 from .harness.daemon import DaemonError, ensure_libvirt, virt_type
 from .harness.pool import scratch_pool_dir
-from .harness.report import Report
+from .harness.report import Report, parse_report
 from .standin import build_standin_image
 
 pytestmark = pytest.mark.integration
@@ -150,6 +150,24 @@ def _boot(uri: str, dom: Any) -> Report:
     )
     assert not report.errors, report.errors
     return report
+
+
+def test_report_survives_kernel_noise_on_the_console() -> None:
+    report = parse_report(
+        [
+            "[    1.0] virtio_blk virtio1: [vda] 45056 512-byte logical blocks\r",
+            "IVM-REPORT efi=1",
+            "IVM-REPORT marker=A",
+            "[    2.5] random: crng init doneIVM-REPORT disk name=vda serial=- ro=1 size=512",
+            "IVM-REPORT boot-write=denied disk=vda",
+            "IVM-REPORT identity-line file=hosts text=127.0.0.1  localhost = here",
+            "IVM-REPORT disk-missing serial=var",
+            "IVM-REPORT done\r",
+        ]
+    )
+    assert report.done and report.efi and report.marker == "A" and report.missing == {"var"}
+    assert report.disk(None).readonly and report.boot_disk == "vda"
+    assert report.identity_lines == {"hosts": ("127.0.0.1  localhost = here",)}
 
 
 def test_builds_are_cached_and_carry_their_marker(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Capture a running domain's serial console through libvirt, and read the stand-in's report.
 
 QEMU's pty drops guest output while no client holds the console, so open the capture right after
-`virDomain.create()` (or `ivm start`). Measured here (TCG, OVMF, 1 vCPU), seconds after create():
-firmware's first output 3.6, kernel 6-7, first IVM-REPORT line 7.5-8.8, power-off 9-11.5 (the
-first boot, with empty NVRAM, is the slowest). A capture opened 4 s late lost the firmware lines,
-7 s late the kernel's; the report survived both, but under KVM every stage is far shorter.
+`virDomain.create()` (or `ivm start`). Measured here (TCG, OVMF, 1 vCPU, idle host), seconds after
+create(): firmware's first output 3.6, kernel 6-7, first IVM-REPORT line 7.5-8.8, power-off 9-11.5
+(first boot, with empty NVRAM, slowest); with other guests booting, up to twice that. A capture
+opened 4 s late lost the firmware lines, 7 s late the kernel's; the report survived both, but
+under KVM every stage is far shorter. Opened after power-off, it fails: the domain is not running.
 """
 
 from __future__ import annotations
