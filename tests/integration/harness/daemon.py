@@ -51,9 +51,10 @@ def _daemons() -> list[str]:
 def grant_kvm_to_qemu() -> None:
     """Give /dev/kvm the group and mode udev would (kvm, 0660) where no udev ran.
 
-    With /dev/kvm 0600 root, libvirt's QEMU probe (as root) sees KVM but its cache check (as
-    libvirt-qemu) does not, so it discards its capability cache and re-probes QEMU on every API
-    call that needs it: measured here, ~9 s per call and minutes per defineXML.
+    With /dev/kvm 0600 root, libvirt probes QEMU with KVM, then finds KVM unusable for the
+    libvirt-qemu user and calls that probe outdated ("KVM was enabled when probing ... but it is
+    not available now"): it re-probes on every call that needs capabilities, measured here at
+    ~9 s per call and minutes per defineXML.
     """
     kvm = Path("/dev/kvm")
     try:
@@ -78,7 +79,8 @@ def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     daemons = _daemons()
     errors = []
     for daemon in daemons:
-        # A second copy of a running daemon exits on its pid-file lock: harmless, so not checked.
+        # A second copy of a running daemon exits on its pid-file lock: harmless, so failures
+        # only explain a timeout below.
         run = subprocess.run([daemon, "-d"], capture_output=True, text=True, timeout=30, check=False)
         if run.returncode != 0:
             errors.append(f"{Path(daemon).name}: {run.stderr.strip() or run.returncode}")

@@ -71,6 +71,9 @@ def fetch_kernel() -> Kernel:
         try:
             run("dpkg-deb", "-x", str(deb), str(tmp))
             tmp.rename(root)
+        except OSError:
+            if not root.is_dir():
+                raise  # else another test run unpacked the same kernel first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # already gone after the rename
     vmlinuz = sorted(root.glob("boot/vmlinuz-*"))
