@@ -1,0 +1,141 @@
+"""Commands on the fleet: list, status, upgrade, rollback, gc, ssh."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ivm.cli import output
+from ivm.cli.group import IMAGE_OPTION, NAME, cli
+from ivm.config import Settings
+from ivm.errors import ToolError
+from ivm.ops import gc as gc_ops
+from ivm.ops import ssh as ssh_ops
+from ivm.ops import status as status_ops
+from ivm.ops import upgrade as upgrade_ops
+from ivm.ops.session import vm_session
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(settings: Settings, as_json: bool) -> None:
+    """List every machine with its state and base."""
+    output.print_status(status_ops.status(settings), as_json, detail=False)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@IMAGE_OPTION
+@click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@click.pass_obj
+def status(
+    settings: Settings, names: tuple[str, ...], as_json: bool, image: Path | None, no_eval: bool
+) -> None:
+    """Show state, base, disks and var usage of the named machines (default: all), and drift: whether
+    each runs an older base than the current build (--image's, else the flake's by `nix eval`, else
+    the newest base in the pool that a VM of the same image runs)."""
+    rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
+    output.print_status(rows, as_json, detail=True)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
+@IMAGE_OPTION
+@click.option("--force", is_flag=True, help="Power a VM off if it has not shut down in time.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for each graceful shutdown.",
+)
+@click.pass_obj
+def upgrade(
+    settings: Settings, names: tuple[str, ...], all_vms: bool, image: Path | None, force: bool, timeout: float
+) -> None:
+    """Move VMs to the current build, keeping their /var.
+
+    For each VM: import the new base if it is new, shut the VM down, make a fresh boot overlay on
+    the new base, rebuild the identity disk from machines/NAME/, redefine, and start it again if it
+    was running. A VM already on the current base with an unchanged identity is left alone. One
+    VM's failure does not stop the others; the exit code is 1 if any failed.
+    """
+    if bool(names) == all_vms:
+        raise click.UsageError("name the VMs to upgrade, or pass --all")
+    result = upgrade_ops.upgrade_fleet(
+        settings,
+        names,
+        all_created=all_vms,
+        image=image,
+        force=force,
+        timeout=timeout,
+        report=click.echo,
+        progress=output.progress,
+    )
+    click.echo(result.summary())
+    if result.failures:
+        total = len(result.results) + len(result.failures)
+        raise ToolError(
+            f"{len(result.failures)} of {total} VMs failed to upgrade",
+            "fix what each line above says, then run the same command again",
+        )
+
+
+@cli.command()
+@NAME
+@click.option("--force", is_flag=True, help="Power the VM off if it has not shut down in time.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a graceful shutdown.",
+)
+@click.pass_obj
+def rollback(settings: Settings, name: str, force: bool, timeout: float) -> None:
+    """Put NAME back on the base it ran before its last upgrade (its /var is kept). Running it again
+    goes forward again: the two bases swap places."""
+    with vm_session(settings, name) as s:
+        click.echo(
+            upgrade_ops.move_to_base(s, upgrade_ops.previous_base(s), force=force, timeout=timeout).line()
+        )
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.pass_obj
+def gc(settings: Settings, dry_run: bool) -> None:
+    """Delete base images that no VM uses, on every hypervisor the machines name.
+
+    A base is kept while any domain (running or not) or any volume in the pool refers to it,
+    including each VM's previous base, which `rollback` needs.
+    """
+    for r in gc_ops.gc(settings, dry_run):
+        verb = "would delete" if dry_run else "deleted"
+        for name in r.deleted:
+            click.echo(f"{r.uri}: {verb} {name}")
+        for name in r.busy:
+            click.echo(f"{r.uri}: skipped {name} (being imported right now)")
+        click.echo(f"{r.uri}: {len(r.kept)} base(s) in use, {len(r.deleted)} {verb}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@NAME
+@click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> None:
+    """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
+
+    The address comes from libvirt's DHCP leases or the guest agent. Anything after `--` is the
+    remote command: ivm ssh web1 -- uptime
+    """
+    argv = ssh_ops.prepare_ssh(settings, name, user, command)
+    os.execv(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh

@@ -1,0 +1,130 @@
+"""The `ivm` command group: global options, logging, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ivm import __version__
+from ivm.config import Settings
+from ivm.errors import Exit, ToolError
+
+IMAGE_OPTION = click.option(
+    "--image",
+    type=click.Path(path_type=Path),
+    help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
+)
+NAME = click.argument("name", metavar="NAME")
+
+
+class _Group(click.Group):
+    """Turns every failure into one line on stderr and an exit code: 0 ok, 1 failed, 2 invalid
+    input. A traceback is shown only with --debug (a bug still gets one readable line)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except ToolError as e:
+            _report(e, debug)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("ivm: interrupted; run the same command again to finish", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            click.echo(
+                f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True
+            )
+            ctx.exit(Exit.FAILED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--machines",
+    "machines_file",
+    type=click.Path(path_type=Path),
+    envvar="IVM_MACHINES",
+    help="machines.json made by the flake (env IVM_MACHINES; the flake apps pass it).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="IVM_ROOT",
+    help="Project folder holding machines/<name>/ (default: nearest flake.nix upwards).",
+)
+@click.option("--flake", envvar="IVM_FLAKE", help="Flake to build images from (default: the project folder).")
+@click.option(
+    "--connect",
+    "-c",
+    "connect",
+    metavar="URI",
+    help="libvirt URI; beats the machine's libvirt_uri and LIBVIRT_URI (default qemu:///system).",
+)
+@click.option(
+    "--virt-type",
+    type=click.Choice(["kvm", "qemu"]),
+    envvar="IVM_VIRT_TYPE",
+    help="Domain type; default kvm where hardware virtualisation works, else qemu.",
+)
+@click.option("--debug", is_flag=True, envvar="IVM_DEBUG", help="Log every step; show tracebacks.")
+@click.version_option(__version__, prog_name="ivm")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    machines_file: Path | None,
+    root: Path | None,
+    flake: str | None,
+    connect: str | None,
+    virt_type: str | None,
+    debug: bool,
+) -> None:
+    """Run many libvirt VMs from one immutable NixOS base image.
+
+    Each VM gets a read-only copy-on-write overlay of the shared base, its own /var disk and a
+    small identity disk (machine-id, SSH host key, network and firewall settings) made from
+    machines/NAME/ in the project. The var disk is never overwritten, and deleted only by
+    `destroy --delete-data`.
+
+    \b
+    First run:   ivm up web1            (build, create, define, start)
+    Step by step: ivm create web1; ivm define web1; ivm start web1
+
+    Environment: LIBVIRT_URI, IVM_POOL (pool name, default ivm), IVM_POOL_PATH, OVMF_CODE and
+    OVMF_VARS (explicit firmware), NIX (the nix command). Exit codes: 0 ok, 1 failed, 2 bad input.
+    """
+    _setup_logging(debug)
+    ctx.obj = Settings.from_env(
+        machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
+    )
+
+
+def _report(e: ToolError, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    hint = f"; {e.hint}" if e.hint else ""
+    click.echo(f"ivm: error: {e.message}{hint}", err=True)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ivm: {record.getMessage()}"
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _Formatter() if not debug else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("ivm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False

@@ -1,0 +1,151 @@
+"""Commands on one VM: build, create, define, xml, start, up, stop, destroy, console, identity-disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ivm.cli import output
+from ivm.cli.group import IMAGE_OPTION, NAME, cli
+from ivm.config import Settings
+from ivm.identity.disk import build_identity_disk
+from ivm.identity.source import load_identity
+from ivm.image import image_file, inspect, nix_build
+from ivm.names import check_vm_name
+from ivm.ops import define as define_ops
+from ivm.ops import destroy as destroy_ops
+from ivm.ops import power, provision
+from ivm.ops.session import vm_session
+from ivm.run import find_tool
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def build(settings: Settings, name: str) -> None:
+    """Build NAME's base image with Nix and print its path and base hash."""
+    check_vm_name(name)
+    machine = settings.machine(name)
+    image = inspect(image_file(nix_build(settings.flake_ref(), machine.image_attr, settings.nix)))
+    click.echo(f"{image.path}\tbase-{image.hash}")
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def create(settings: Settings, name: str, image: Path | None) -> None:
+    """Create NAME's disks: import the base if new, make the boot overlay, var and identity disks.
+
+    Missing identity files (machine-id, hostname, SSH host key) are generated in machines/NAME/.
+    Running it again finishes an interrupted run; on a complete VM it changes nothing.
+    """
+    with vm_session(settings, name) as s:
+        output.print_create(provision.create(s, image, output.progress))
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def define(settings: Settings, name: str) -> None:
+    """Define (or update) NAME's libvirt domain; it takes effect at the next boot."""
+    with vm_session(settings, name) as s:
+        output.print_define(define_ops.define(s))
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def xml(settings: Settings, name: str, image: Path | None) -> None:
+    """Print the domain XML that `define` would use."""
+    with vm_session(settings, name) as s:
+        click.echo(define_ops.render_xml(s, image), nl=False)
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def start(settings: Settings, name: str) -> None:
+    """Start NAME."""
+    with vm_session(settings, name) as s:
+        click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
+
+
+@cli.command()
+@NAME
+@IMAGE_OPTION
+@click.pass_obj
+def up(settings: Settings, name: str, image: Path | None) -> None:
+    """Build, create, define and start NAME: the one command for a new VM. Safe to repeat."""
+    with vm_session(settings, name) as s:
+        output.print_create(provision.create(s, image, output.progress))
+        output.print_define(define_ops.define(s))
+        click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
+
+
+@cli.command()
+@NAME
+@click.option("--force", is_flag=True, help="Power off if the guest has not shut down in time.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a graceful shutdown.",
+)
+@click.pass_obj
+def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
+    """Shut NAME down (ACPI power button), waiting up to --timeout seconds."""
+    with vm_session(settings, name) as s:
+        how = power.stop(s, force, timeout)
+    click.echo(
+        {
+            "already": f"{name}: already stopped",
+            "shutdown": f"{name}: stopped",
+            "forced": f"{name}: powered off (forced)",
+        }[how]
+    )
+
+
+@cli.command()
+@NAME
+@click.option("--delete-data", is_flag=True, help="Also delete the var disk: all of NAME's data.")
+@click.option("--force", is_flag=True, help="Power NAME off first if it is running.")
+@click.pass_obj
+def destroy(settings: Settings, name: str, delete_data: bool, force: bool) -> None:
+    """Undefine NAME and delete its boot and identity disks. The var disk is kept unless
+    --delete-data is given, so `ivm create NAME` later brings the VM back with its data."""
+    with vm_session(settings, name) as s:
+        r = destroy_ops.destroy(s, delete_data, force)
+    parts = (["undefined"] if r.undefined else []) + [f"deleted {v}" for v in r.deleted]
+    click.echo(f"{name}: {', '.join(parts) if parts else 'nothing to destroy'}")
+    if r.kept_var:
+        click.echo(f"{name}: kept its data on {r.kept_var} (delete it with --delete-data)")
+
+
+@cli.command()
+@NAME
+@click.pass_obj
+def console(settings: Settings, name: str) -> None:
+    """Attach to NAME's serial console (leave with Ctrl-]). Runs `virsh console`."""
+    check_vm_name(name)
+    uri = settings.uri_for(settings.machine(name))
+    virsh = find_tool("virsh", "the libvirt client (Debian: libvirt-clients)")
+    os.execv(virsh, ["virsh", "-c", uri, "console", name])  # noqa: S606 -- hand the terminal to virsh
+
+
+@cli.command("identity-disk")
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+def identity_disk(source: Path, output: Path) -> None:
+    """Write the identity disk image for the identity files in SOURCE (plumbing, used by tests).
+
+    SOURCE must hold a complete identity (machine-id, hostname, ssh_host_ed25519_key and .pub);
+    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600.
+    """
+    build_identity_disk(load_identity(source, generate=False), output)
+    click.echo(str(output))
