@@ -1,0 +1,607 @@
+"""Reliability on a real libvirt daemon: bad input changes nothing, the tool survives SIGKILL at every
+step of `create` (the stand-in guest then boots and its /var counter goes on), runs on one VM never
+interleave, a shared base is imported once, and daemon faults give one clear line.
+
+Crash points are deterministic: ivm.failpoints stops the process (SIGKILL, or SIGSTOP to freeze a
+run while it holds a lock) exactly where the environment says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivm.cli import cli
+from tests.conftest import Project, machine_entry
+from tests.integration.conftest import Fleet, Images, vm_name
+from tests.unit.test_bad_input import (
+    CASES,
+    Case,
+    World,
+    check_error,
+    expand,
+    make_images,
+    make_keys,
+    write_identity,
+)
+from tests.unit.test_bad_input import Images as BadImages
+from tests.unit.test_bad_input import Keys as BadKeys
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+# Every stop point in `create`, in the order a run passes them.
+CREATE_POINTS = (
+    "create:after-generate",
+    "create:after-pool",
+    "create:base-locked",
+    "create:base-converted",
+    "create:after-base-import",
+    "create:after-overlay",
+    "create:identity-built",
+    "create:identity-deleted",
+    "create:after-identity",
+    "create:after-var",
+)
+UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+
+
+# --- running the tool the way a user (or a crash) does ---------------------------------------------
+
+
+@dataclass
+class Run:
+    """A background `ivm` process whose output goes to files (no pipe can fill up and block it)."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
+        code = self.proc.wait(timeout)
+        return code, self.out.read_text(), self.err.read_text()
+
+    def stderr_so_far(self) -> str:
+        return self.err.read_text()
+
+
+def ivm_env(fleet: Fleet, tmp: Path, **extra: str) -> dict[str, str]:
+    """The fleet's environment with a private TMPDIR (so a killed run's leftovers can be inspected)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**fleet.env(), "TMPDIR": str(tmp), **extra}
+
+
+def argv(fleet: Fleet, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ivm",
+        "--machines",
+        str(fleet.machines_file),
+        "--root",
+        str(fleet.root),
+        *args,
+    ]
+
+
+def ivm(fleet: Fleet, tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv(fleet, *args),
+        capture_output=True,
+        text=True,
+        env=ivm_env(fleet, tmp, **env),
+        timeout=300,
+        check=False,
+    )
+
+
+def start(fleet: Fleet, tmp: Path, logs: Path, *args: str, **env: str) -> Run:
+    logs.mkdir(parents=True, exist_ok=True)
+    n = len(list(logs.iterdir()))
+    out, err = logs / f"{n}.out", logs / f"{n}.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(argv(fleet, *args), stdout=o, stderr=e, env=ivm_env(fleet, tmp, **env))
+    return Run(proc, out, err)
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def process_state(pid: int) -> str:
+    # /proc/PID/stat: "pid (comm) S ..."; comm may hold spaces, so split after the last ')'.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def paused_run(fleet: Fleet, tmp: Path, point: str, *args: str) -> tuple[Run, int]:
+    """Start `ivm ARGS` and wait until it has stopped itself at failpoint `point`."""
+    flag = tmp / f"paused-{point.replace(':', '-')}"
+    run = start(fleet, tmp / "tmp", tmp / "logs", *args, IVM_FAILPOINT=point, IVM_FAILPOINT_PAUSE=str(flag))
+    wait_for(lambda: flag.exists() or run.proc.poll() is not None, f"ivm to reach {point}")
+    assert run.proc.poll() is None, f"ivm exited before {point}: {run.stderr_so_far()}"
+    pid = int(flag.read_text())
+    assert pid == run.proc.pid
+    wait_for(lambda: process_state(pid) == "T", f"pid {pid} to stop")
+    return run, pid
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ivm: error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# --- what the pool and the host hold ----------------------------------------------------------------
+
+
+def expected_volumes(fleet: Fleet, *names: str) -> set[str]:
+    return {f"{n}-{kind}" for n in names for kind in ("boot.qcow2", "var.qcow2", "identity.img")}
+
+
+def bases(fleet: Fleet) -> list[str]:
+    return [v for v in fleet.volumes() if v.startswith("base-")]
+
+
+def delete_volume(fleet: Fleet, name: str) -> None:
+    conn = fleet.conn()
+    try:
+        pool = conn.storagePoolLookupByName(fleet.pool)
+        pool.refresh(0)
+        pool.storageVolLookupByName(name).delete(0)
+    finally:
+        conn.close()
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+
+
+def check_volumes_sound(fleet: Fleet, name: str, image: Path) -> None:
+    """Every volume of `name` is whole: the base equals the image, the overlay points at it, the var
+    qcow2 is consistent, the identity filesystem is clean and holds the key."""
+    [base] = bases(fleet)
+    path = fleet.volume_path
+    same = qemu_img("compare", "-U", "-f", "raw", "-F", "qcow2", str(image), str(path(base)))
+    assert same.returncode == 0, f"{base} differs from the image: {same.stdout}{same.stderr}"
+    info = json.loads(qemu_img("info", "-U", "--output=json", str(path(f"{name}-boot.qcow2"))).stdout)
+    assert info["backing-filename"] == str(path(base)) and info["backing-filename-format"] == "qcow2"
+    for vol in (f"{name}-boot.qcow2", f"{name}-var.qcow2"):
+        checked = qemu_img("check", "-U", str(path(vol)))
+        assert checked.returncode == 0, f"{vol}: {checked.stdout}{checked.stderr}"
+    identity = str(path(f"{name}-identity.img"))
+    fsck = subprocess.run(["/usr/sbin/e2fsck", "-fn", identity], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    listing = subprocess.run(
+        ["/usr/sbin/debugfs", "-R", "ls -l /", identity], capture_output=True, text=True, check=True
+    ).stdout
+    assert "ssh_host_ed25519_key" in listing and "machine-id" in listing
+    assert stat.S_IMODE(path(f"{name}-identity.img").stat().st_mode) == 0o600
+
+
+def check_leftovers(fleet: Fleet, name: str, tmp: Path) -> int:
+    """What a killed run left on the host: its scratch dirs must be private (one may hold the
+    identity image); the machine's folder must hold no half-written file. Returns how many."""
+    left = list(tmp.glob("ivm-*")) if tmp.exists() else []
+    for d in left:
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, f"{d} is readable by others"
+        shutil.rmtree(d)
+    folder = fleet.root / "machines" / name
+    if folder.exists():
+        strays = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+        assert strays == [], f"half-written files in {folder}: {strays}"
+    return len(left)
+
+
+def var_counter(fleet: Fleet, name: str, scratch: Path) -> int:
+    """The stand-in's boot counter, read from the var disk on the host (not through the guest)."""
+    raw = scratch / "var.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", str(fleet.volume_path(f"{name}-var.qcow2")), str(raw)],
+        check=True,
+    )
+    try:
+        out = subprocess.run(
+            ["/usr/sbin/debugfs", "-R", "cat /counter", str(raw)], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+    finally:
+        raw.unlink()
+
+
+# --- failpoints are where this file says -------------------------------------------------------------
+
+
+def test_create_points_are_all_in_the_code() -> None:
+    source = (REPO / "python" / "ivm" / "ops" / "provision.py").read_text()
+    assert sorted(re.findall(r'failpoint\("(create:[a-z-]+)"\)', source)) == sorted(CREATE_POINTS)
+
+
+# --- bad input changes nothing on the real daemon -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_keys(tmp_path_factory: pytest.TempPathFactory) -> BadKeys:
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def bad_images(tmp_path_factory: pytest.TempPathFactory) -> BadImages:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+def daemon_state(fleet: Fleet, names: set[str]) -> dict[str, Any]:
+    """Pools (with volumes) and domains that a run of the case could touch: the fleet's pool, the
+    default `ivm` pool, and domains of the case's machine names. Other tests may share the daemon."""
+    conn = fleet.conn()
+    try:
+        pools = {}
+        for pool in conn.listAllStoragePools(0):
+            if pool.name() in {fleet.pool, "ivm"}:
+                active = bool(pool.isActive())
+                if active:
+                    pool.refresh(0)
+                pools[pool.name()] = (active, sorted(pool.listVolumes()) if active else None)
+        domains = {d.name(): d.state()[0] for d in conn.listAllDomains(0) if d.name() in names}
+        return {"pools": pools, "domains": domains}
+    finally:
+        conn.close()
+
+
+def make_pool_with_sentinel(fleet: Fleet) -> None:
+    conn = fleet.conn()
+    try:
+        pool = conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>{fleet.pool}</name>"
+            f"<target><path>{fleet.pool_path}</path></target></pool>",
+            0,
+        )
+        pool.build(0)
+        pool.create(0)
+        pool.createXML(
+            "<volume><name>sentinel.qcow2</name><capacity>1048576</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+    finally:
+        conn.close()
+
+
+DAEMON_CASES = [c for c in CASES if c.daemon]
+
+
+def test_daemon_subset_is_large_enough() -> None:
+    assert len(DAEMON_CASES) >= 10
+
+
+@pytest.mark.parametrize("case", DAEMON_CASES, ids=[c.id for c in DAEMON_CASES])
+def test_bad_input_changes_nothing_on_the_daemon(
+    case: Case, fleet: Fleet, bad_keys: BadKeys, bad_images: BadImages, tmp_path: Path
+) -> None:
+    make_pool_with_sentinel(fleet)
+    fleet.names += ["web1", "web9"]  # teardown undefines them should a case ever define one
+    project = Project(fleet.root, fleet.machines_file)
+    project.write_machines({"web1": machine_entry(network={"type": "none"})})
+    world = World(project, bad_keys, bad_images)
+    write_identity(world.vm, bad_keys)
+    case.setup(world)
+    before = daemon_state(fleet, {"web1", "web9"})
+    r = ivm(fleet, tmp_path / "tmp", *expand(case.args, bad_images), **world.env)
+    check_error(case, r.returncode, r.stdout, r.stderr)
+    assert daemon_state(fleet, {"web1", "web9"}) == before
+    assert before["pools"][fleet.pool] == (True, ["sentinel.qcow2"])
+
+
+# --- crash safety: SIGKILL at every step of create, then run it again -------------------------------
+
+
+@pytest.mark.parametrize("point", CREATE_POINTS)
+def test_create_killed_on_a_new_vm_then_rerun(
+    fleet: Fleet, images: Images, tmp_path: Path, point: str
+) -> None:
+    """A brand-new VM (identity generated, base imported, var made): killed at `point`, a second
+    run finishes the job with whole volumes and nothing left over."""
+    name = fleet.add(vm_name("crash"))
+    killed = ivm(fleet, tmp_path / "tmp", "create", name, "--image", str(images.a), IVM_FAILPOINT=point)
+    assert killed.returncode == -signal.SIGKILL, f"{point} not reached: {killed.stderr}"
+    check_leftovers(fleet, name, tmp_path / "tmp")
+    again = ivm(fleet, tmp_path / "tmp", "create", name, "--image", str(images.a))
+    assert again.returncode == 0, again.stderr
+    # Killed after its last step, the first run had finished: the second finds nothing to do.
+    done = "already created" if point == CREATE_POINTS[-1] else "ready on base"
+    assert f"{name}: {done}" in again.stdout, again.stdout
+    assert set(fleet.volumes()) == expected_volumes(fleet, name) | set(bases(fleet))
+    assert len(bases(fleet)) == 1
+    check_volumes_sound(fleet, name, images.a)
+    assert check_leftovers(fleet, name, tmp_path / "tmp") == 0
+    third = ivm(fleet, tmp_path / "tmp", "create", name, "--image", str(images.a))
+    assert "already created" in third.stdout
+
+
+def test_create_killed_at_every_step_keeps_var_and_the_guest_boots(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    """One VM with data: for each point, destroy it (var kept), drop the base so it is imported
+    again, kill the re-create there, re-run it, define and boot: the guest's counter on /var goes
+    on from where it was, so nothing of /var was lost or rewritten."""
+    name = fleet.add(vm_name("keep"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", name, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", name).returncode == 0
+    first = fleet.boot(name)
+    assert (first.var_formatted, first.var_counter) == (True, 1)
+    leftovers = 0
+    for trial, point in enumerate(CREATE_POINTS, start=2):
+        destroyed = ivm(fleet, tmp, "destroy", name)
+        assert destroyed.returncode == 0 and "kept its data" in destroyed.stdout, destroyed.stderr
+        for base in bases(fleet):
+            delete_volume(fleet, base)
+        killed = ivm(fleet, tmp, "create", name, "--image", str(images.a), IVM_FAILPOINT=point)
+        assert killed.returncode == -signal.SIGKILL, f"{point} not reached: {killed.stderr}"
+        leftovers += check_leftovers(fleet, name, tmp)
+        again = ivm(fleet, tmp, "create", name, "--image", str(images.a))
+        assert again.returncode == 0, f"{point}: {again.stderr}"
+        # The var disk is kept, never made again (past the identity step the run had finished).
+        assert f"created {name}-var.qcow2" not in again.stdout, f"{point}: {again.stdout}"
+        assert f"kept {name}-var.qcow2" in again.stdout or "already created" in again.stdout, point
+        assert set(fleet.volumes()) == expected_volumes(fleet, name) | set(bases(fleet)), point
+        assert ivm(fleet, tmp, "define", name).returncode == 0
+        report = fleet.boot(name)
+        assert not report.errors and report.done, (point, report.errors)
+        assert (report.var_formatted, report.var_counter) == (False, trial), point
+        assert report.boot_write == "denied" and report.disk("identity").readonly, point
+        assert report.identity_files["ssh_host_ed25519_key"].mode == 0o600, point
+    assert var_counter(fleet, name, tmp_path) == len(CREATE_POINTS) + 1
+    print(
+        f"\n{len(CREATE_POINTS)} kill-and-rerun trials on a VM with data; "
+        f"{leftovers} private scratch dirs left"
+    )
+
+
+def test_partial_uploads_are_redone(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    """What a kill in the middle of an upload leaves: volumes whose data is there but whose header
+    (written last) is not. The next create must not use them: it replaces both and completes."""
+    name = fleet.add(vm_name("part"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", name, "--image", str(images.a)).returncode == 0
+    [base] = bases(fleet)
+    for vol in (f"{name}-boot.qcow2", f"{name}-identity.img", base):
+        delete_volume(fleet, vol)
+    conn = fleet.conn()
+    try:
+        pool = conn.storagePoolLookupByName(fleet.pool)
+        for vol, size in ((base, 8 * 1024 * 1024), (f"{name}-identity.img", 4 * 1024 * 1024)):
+            created = pool.createXML(
+                f"<volume><name>{vol}</name><capacity>{size}</capacity><target><format type='raw'/>"
+                "</target></volume>",
+                0,
+            )
+            stream = conn.newStream(0)
+            created.upload(stream, 4096, 4096, 0)  # some data after the header, no header
+            stream.send(b"\x01" * 4096)
+            stream.finish()
+    finally:
+        conn.close()
+    again = ivm(fleet, tmp, "create", name, "--image", str(images.a))
+    assert again.returncode == 0, again.stderr
+    assert "replacing the incomplete base volume" in again.stderr
+    assert set(fleet.volumes()) == expected_volumes(fleet, name) | {base}
+    check_volumes_sound(fleet, name, images.a)
+
+
+# --- concurrency ----------------------------------------------------------------------------------------
+
+
+def test_same_vm_created_twice_at_once_one_run_says_busy(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    name = fleet.add(vm_name("twin"))
+    first, pid = paused_run(fleet, tmp_path, "create:after-pool", "create", name, "--image", str(images.a))
+    try:
+        second = ivm(fleet, tmp_path / "tmp", "create", name, "--image", str(images.a))
+        assert second.returncode == 1
+        line = one_line(second.stderr)
+        assert f"{name} is busy: ivm (pid {pid}) is already working on it" in line and "try again" in line
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    code, out, err = first.wait()
+    assert code == 0, err
+    assert f"{name}: ready on base" in out
+    assert set(fleet.volumes()) == expected_volumes(fleet, name) | set(bases(fleet))
+    third = ivm(fleet, tmp_path / "tmp", "create", name, "--image", str(images.a))
+    assert third.returncode == 0 and "already created" in third.stdout
+
+
+def test_same_vm_created_twice_at_once_free_race(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    """No choreography: whichever wins, one run creates the VM and the other says busy or exists."""
+    name = fleet.add(vm_name("race"))
+    outcomes = []
+    for _ in range(3):
+        runs = [
+            start(fleet, tmp_path / "tmp", tmp_path / "logs", "create", name, "--image", str(images.a))
+            for _ in range(2)
+        ]
+        results = [r.wait() for r in runs]
+        made = [r for r in results if r[0] == 0 and "ready on base" in r[1]]
+        assert len(made) == 1, results
+        for code, out, err in results:
+            if code == 0 and "ready on base" not in out:
+                assert "already created" in out
+            elif code != 0:
+                assert code == 1 and "is busy" in one_line(err), (code, err)
+        outcomes.append(tuple(sorted(r[0] for r in results)))
+        assert set(fleet.volumes()) == expected_volumes(fleet, name) | set(bases(fleet))
+        assert ivm(fleet, tmp_path / "tmp", "destroy", name, "--delete-data").returncode == 0
+    print(f"\nfree races (exit codes): {outcomes}")
+
+
+def test_two_vms_on_one_new_base_at_once_share_one_import(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    """A holds the base's import lock (frozen there); B, a different VM on the same new base, must
+    wait for it rather than fail, then use the base A imported."""
+    a, b = fleet.add(vm_name("a")), fleet.add(vm_name("b"))
+    first, pid = paused_run(fleet, tmp_path, "create:base-locked", "create", a, "--image", str(images.a))
+    try:
+        second = start(fleet, tmp_path / "tmp", tmp_path / "logs", "create", b, "--image", str(images.a))
+        wait_for(
+            lambda: (
+                f"waiting for ivm (pid {pid})" in second.stderr_so_far() or second.proc.poll() is not None
+            ),
+            "the second create to wait for the base",
+        )
+        assert second.proc.poll() is None, f"the second create gave up: {second.stderr_so_far()}"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    results = [first.wait(), second.wait()]
+    assert [r[0] for r in results] == [0, 0], results
+    assert len(bases(fleet)) == 1
+    assert set(fleet.volumes()) == expected_volumes(fleet, a, b) | set(bases(fleet))
+    assert "importing" in results[0][2] and "importing" not in results[1][2]
+
+
+def test_two_vms_on_one_new_base_free_race(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    a, b = fleet.add(vm_name("a")), fleet.add(vm_name("b"))
+    runs = [
+        start(fleet, tmp_path / "tmp", tmp_path / "logs", "create", n, "--image", str(images.b))
+        for n in (a, b)
+    ]
+    results = [r.wait() for r in runs]
+    assert [r[0] for r in results] == [0, 0], results
+    assert len(bases(fleet)) == 1
+    assert sum("importing" in r[2] for r in results) == 1
+    check_volumes_sound(fleet, a, images.b)
+
+
+# --- daemon faults -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create", "{vm}", "--image", "{image}"),
+        ("define", "{vm}"),
+        ("start", "{vm}"),
+        ("stop", "{vm}"),
+        ("destroy", "{vm}"),
+        ("xml", "{vm}", "--image", "{image}"),
+    ],
+    ids=lambda a: a[0],
+)
+def test_unreachable_daemon_is_one_clear_line(
+    fleet: Fleet, images: Images, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    name = fleet.add(vm_name("nod"))
+    filled = [a.replace("{vm}", name).replace("{image}", str(images.a)) for a in args]
+    r = ivm(fleet, tmp_path / "tmp", "--connect", UNREACHABLE, *filled)
+    assert r.returncode == 1, r.stderr
+    line = one_line(r.stderr)
+    assert f"cannot connect to libvirt at {UNREACHABLE}" in line
+    assert "; start the libvirt daemon" in line and "--connect" in line
+    assert r.stdout == ""
+
+
+def test_unreachable_daemon_in_status_is_reported_not_raised(fleet: Fleet, tmp_path: Path) -> None:
+    name = fleet.add(vm_name("nod"))
+    r = ivm(fleet, tmp_path / "tmp", "--connect", UNREACHABLE, "status", name, "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    [row] = json.loads(r.stdout)
+    assert row["state"].startswith("unreachable: ")
+
+
+@pytest.fixture
+def pool_dir_moved(fleet: Fleet) -> Iterator[Path]:
+    """Moves the fleet's pool directory away (behind libvirt's back) and puts it back afterwards."""
+    away = fleet.pool_path.with_name("moved-away")
+    fleet.pool_path.rename(away)
+    try:
+        yield away
+    finally:
+        if not fleet.pool_path.exists():
+            away.rename(fleet.pool_path)
+
+
+def _assert_pool_error(r: subprocess.CompletedProcess[str], fleet: Fleet) -> None:
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = one_line(r.stderr)
+    assert fleet.pool in line or str(fleet.pool_path) in line, line
+
+
+def test_pool_directory_removed_behind_libvirts_back(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    name, other = fleet.add(vm_name("gone")), fleet.add(vm_name("next"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", name, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", name).returncode == 0
+    away = fleet.pool_path.with_name("moved-away")
+    fleet.pool_path.rename(away)
+    try:
+        for args in (("create", other, "--image", str(images.a)), ("start", name), ("create", name)):
+            _assert_pool_error(ivm(fleet, tmp, *args), fleet)
+    finally:
+        away.rename(fleet.pool_path)
+    # Put back, the pool works again without any manual step.
+    again = ivm(fleet, tmp, "create", name, "--image", str(images.a))
+    assert again.returncode == 0 and "already created" in again.stdout, again.stderr
+    assert ivm(fleet, tmp, "create", other, "--image", str(images.a)).returncode == 0
+
+
+# --- upgrade, rollback and gc (once the commands exist) ----------------------------------------------
+
+
+def _needs(command: str) -> None:
+    if command not in cli.commands:
+        pytest.skip(f"`ivm {command}` does not exist yet")
+
+
+def test_upgrade_all_twice_at_once_never_upgrades_a_vm_twice(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    _needs("upgrade")
+    names = [fleet.add(vm_name("up")) for _ in range(2)]
+    for n in names:
+        assert ivm(fleet, tmp_path / "tmp", "create", n, "--image", str(images.a)).returncode == 0
+        assert ivm(fleet, tmp_path / "tmp", "define", n).returncode == 0
+    runs = [
+        start(fleet, tmp_path / "tmp", tmp_path / "logs", "upgrade", "--all", "--image", str(images.b))
+        for _ in range(2)
+    ]
+    results = [r.wait() for r in runs]
+    for code, _out, err in results:
+        assert code in (0, 1), err
+        if code == 1:
+            assert "busy" in err
+    for n in names:
+        upgraded = sum(f"{n}: upgraded" in r[1] for r in results)
+        assert upgraded <= 1, (n, results)
+        report = fleet.boot(n)
+        assert report.marker == "B" and report.var_counter == 1
+
+
+def test_gc_never_deletes_a_base_in_use(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    _needs("gc")
+    used, idle = fleet.add(vm_name("gc")), fleet.add(vm_name("gc"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", used, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", used).returncode == 0
+    assert ivm(fleet, tmp, "create", idle, "--image", str(images.b)).returncode == 0
+    assert ivm(fleet, tmp, "destroy", idle, "--delete-data").returncode == 0
+    before = set(bases(fleet))
+    assert ivm(fleet, tmp, "gc").returncode == 0
+    assert len(bases(fleet)) == 1 and set(bases(fleet)) < before
+    assert fleet.boot(used).var_counter == 1
