@@ -1,5 +1,5 @@
 {
-  description = "Immutable NixOS VM images and ivm, the tool that runs many libvirt VMs from one of them";
+  description = "Immutable NixOS VM images, and ivm: many libvirt VMs from one shared base image";
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
@@ -31,8 +31,12 @@
         default = import ./nix/devshell.nix { inherit pkgs; };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-tree.override { nixfmtPackage = pkgs.nixfmt-rs; });
+      formatter = forAllSystems (pkgs: import ./nix/formatter.nix { inherit pkgs; });
 
       checks = forAllSystems (pkgs: import ./checks { inherit self pkgs; });
+
+      legacyPackages = forAllSystems (pkgs: {
+        slowChecks = import ./checks/slow { inherit self pkgs; };
+      });
     };
 }

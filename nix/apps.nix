@@ -5,17 +5,17 @@ let
   inherit (pkgs) lib;
   inherit (self.packages.${pkgs.stdenv.hostPlatform.system}) ivm machines-json;
 
-  mkApp =
-    name: command: description:
-    {
-      type = "app";
-      program = toString (
-        pkgs.writeShellScript "ivm-${name}" ''
-          exec ${lib.getExe ivm} --machines ${machines-json} --flake ${self} ${command} "$@"
-        ''
-      );
-      meta = { inherit description; };
-    };
+  launcher =
+    name: command:
+    pkgs.writeShellScript "ivm-${name}" ''
+      exec ${lib.getExe ivm} --machines ${machines-json} --flake ${self} ${command} "$@"
+    '';
+
+  mkApp = name: command: description: {
+    type = "app";
+    program = toString (launcher name command);
+    meta = { inherit description; };
+  };
 in
 builtins.mapAttrs (name: args: mkApp name args.command args.description) {
   default = {

@@ -1,4 +1,4 @@
-# The ivm tool, packaged as nixpkgs packages Python applications (pkgs/by-name/mk/mkosi/package.nix).
+# The ivm tool, packaged as nixpkgs packages Python apps (pkgs/by-name/mk/mkosi/package.nix).
 {
   lib,
   python3Packages,

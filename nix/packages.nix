@@ -5,8 +5,9 @@ let
   system = pkgs.stdenv.hostPlatform.system;
   machinesHere = lib.filterAttrs (_: meta: meta.system == system) self.lib.machines;
 
+  imageOf = name: self.nixosConfigurations.${name}.config.system.build.ivmImage;
   images = lib.mapAttrs' (
-    name: meta: lib.nameValuePair meta.image_attr self.nixosConfigurations.${name}.config.system.build.ivmImage
+    name: meta: lib.nameValuePair meta.image_attr (imageOf name)
   ) machinesHere;
 
   tool = rec {
