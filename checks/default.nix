@@ -1,5 +1,6 @@
 # Everything `nix flake check` builds: each machine's system, the formatting of the Nix files, and
-# (on x86_64-linux) the NixOS VM tests of this folder, which boot the real images.
+# (on x86_64-linux) the NixOS VM tests of this folder, which boot the real images. A test is a pair
+# <name>.nix (calls guest.mkTest) + <name>.py (its script); the slower libvirt test is in slow/.
 { self, pkgs }:
 let
   inherit (pkgs) lib;
@@ -7,10 +8,25 @@ let
   machinesHere = lib.filterAttrs (_: meta: meta.system == system) self.lib.machines;
 
   # srvos dev/checks.nix: every machine's toplevel is a check.
+  toplevel = name: self.nixosConfigurations.${name}.config.system.build.toplevel;
   toplevels = lib.mapAttrs' (
-    name: _: lib.nameValuePair "toplevel-${name}" self.nixosConfigurations.${name}.config.system.build.toplevel
+    name: _: lib.nameValuePair "toplevel-${name}" (toplevel name)
   ) machinesHere;
 
-  formatting = pkgs.callPackage ./formatting.nix { };
+  formatting = pkgs.callPackage ./lib/formatting.nix { };
+
+  guest = import ./lib/guest.nix { inherit self pkgs; };
+
+  # Tests discovered from the directory (lanzaboote nix/tests, disko tests/).
+  testFiles = lib.filterAttrs (
+    file: type: type == "regular" && lib.hasSuffix ".nix" file && file != "default.nix"
+  ) (builtins.readDir ./.);
+  loadTest = file: import (./. + "/${file}") { inherit guest; };
+  vmTests = lib.mapAttrs' (
+    file: _: lib.nameValuePair (lib.removeSuffix ".nix" file) (loadTest file)
+  ) testFiles;
 in
-toplevels // { inherit formatting; }
+toplevels
+// { inherit formatting; }
+# The tests boot x86_64 images under OVMF; the example machines are x86_64.
+// lib.optionalAttrs (system == "x86_64-linux") vmTests
