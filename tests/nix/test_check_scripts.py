@@ -76,9 +76,10 @@ def undefined_globals(source: str, filename: str, known: set[str]) -> set[str]:
 
     def walk(table: symtable.SymbolTable) -> None:
         for symbol in table.get_symbols():
-            if symbol.is_referenced() and (symbol.is_global() or table is top):
-                if not (table is top and (symbol.is_assigned() or symbol.is_imported())):
-                    used.add(symbol.get_name())
+            module_level = table is top
+            defined_here = module_level and (symbol.is_assigned() or symbol.is_imported())
+            if symbol.is_referenced() and (symbol.is_global() or module_level) and not defined_here:
+                used.add(symbol.get_name())
         for child in table.get_children():
             walk(child)
 
