@@ -21,6 +21,8 @@ let
   };
 in
 {
+  # The nftables backend of the NixOS firewall: nixos/tests/firewall.nix (backend = "nftables").
+  # The identity's ports are this flake's own, proven by checks/identity.nix and identity-change.nix.
   networking.nftables.enable = true;
   networking.firewall.enable = true;
 

@@ -14,6 +14,7 @@ in
     };
   };
 
+  # Proven by checks/journald.nix (nixpkgs boots journald in nixos/tests/systemd-journal.nix).
   config = {
     services.journald.storage = "persistent";
     services.journald.extraConfig = lib.mkIf (cfg.maxUse != null) "SystemMaxUse=${cfg.maxUse}";

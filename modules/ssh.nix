@@ -5,6 +5,8 @@ let
   hostKey = "${identity}/ssh_host_ed25519_key";
 in
 {
+  # Custom hostKeys as in nixos/tests/openssh.nix; keys and logins from /var/identity are proven by
+  # this flake's checks/identity.nix.
   services.openssh = {
     enable = true;
     hostKeys = [

@@ -20,6 +20,6 @@
   # Keys arrive at run time from the identity disk, so evaluation sees no way to log in.
   users.allowNoPasswordLogin = true;
 
-  # admin has no password to type; wheel membership is the grant.
+  # admin has no password to type; wheel membership is the grant (nixos/tests/sudo.nix).
   security.sudo.wheelNeedsPassword = lib.mkDefault false;
 }
