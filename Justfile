@@ -58,9 +58,25 @@ up NAME:
 stop-vm NAME:
     {{APP}}stop-vm -- {{NAME}}
 
-# Move a VM to the current image and identity, keeping /var
-upgrade NAME:
-    {{APP}}upgrade-vm -- {{NAME}}
+# Move VMs to the current image and identity, keeping /var (`just upgrade --all` for every VM)
+upgrade +NAMES:
+    {{APP}}upgrade-vm -- {{NAMES}}
+
+# Put a VM back on the base it ran before its last upgrade
+rollback NAME:
+    {{APP}}default -- rollback {{NAME}}
+
+# Delete base images no VM uses (`just gc --dry-run` to see what would go)
+gc *FLAGS:
+    {{APP}}default -- gc {{FLAGS}}
+
+# State, base, disks, /var usage and drift of the VMs (all, or the ones named)
+status *NAMES:
+    {{APP}}default -- status {{NAMES}}
+
+# Log in to a VM as admin with its identity host key pinned (`just ssh web1 -- uptime`)
+ssh NAME *ARGS:
+    {{APP}}default -- ssh {{NAME}} {{ARGS}}
 
 # Undefine a VM and remove its boot and identity disks (add --delete-data to remove /var too)
 destroy-vm NAME *FLAGS:
