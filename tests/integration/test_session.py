@@ -32,6 +32,7 @@ from tests.integration.harness.report import parse_report
 pytestmark = pytest.mark.integration
 
 USER = "ivm-session-test"
+COMMENT = "ivm integration tests, qemu session"  # no colon: it is a passwd field
 URI = "qemu:///session"
 REPO = Path(__file__).resolve().parents[2]
 _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -157,12 +158,13 @@ def session_user() -> Iterator[SessionUser]:
         pytest.skip("the qemu:///session test needs root: it makes a throwaway user and runs as it")
     if not Path("/usr/bin/python3").is_file():
         _setup_failed("/usr/bin/python3 missing (install python3 and python3-venv)")
-    created = False
     try:
-        pwd.getpwnam(USER)
+        # Ours, from a run that was killed before its teardown: remove it at the end this time.
+        ours = pwd.getpwnam(USER).pw_gecos == COMMENT
     except KeyError:
+        argv = [_tool("useradd"), "--system", "--create-home", "--comment", COMMENT]
         r = subprocess.run(
-            [_tool("useradd"), "--system", "--create-home", "--shell", "/usr/sbin/nologin", USER],
+            [*argv, "--shell", "/usr/sbin/nologin", USER],
             capture_output=True,
             text=True,
             timeout=60,
@@ -170,7 +172,7 @@ def session_user() -> Iterator[SessionUser]:
         )
         if r.returncode != 0:
             _setup_failed(f"useradd {USER} failed: {r.stderr.strip()}")
-        created = True
+        ours = True
     entry = pwd.getpwnam(USER)
     venv_dir = Path(tempfile.mkdtemp(prefix="ivm-session-venv-", dir="/var/tmp"))
     try:
@@ -182,7 +184,7 @@ def session_user() -> Iterator[SessionUser]:
             SessionUser(USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), Path()).kill_processes()
         finally:
             shutil.rmtree(venv_dir, ignore_errors=True)
-            if created:
+            if ours:
                 subprocess.run(
                     [_tool("userdel"), "--remove", USER], capture_output=True, timeout=60, check=False
                 )
