@@ -132,6 +132,7 @@ def make_overlay(hv: Hypervisor, boot: str, base_hash: str) -> bool:
         if hv.storage.backing_path(boot) == base_path:
             return False
         hv.storage.delete(boot)
+        failpoint("create:overlay-deleted")
     size = qcow2_virtual_size(hv.storage.head(base_name, HEADER))
     hv.storage.create(volume_xml(boot, size, "qcow2", backing_path=base_path, backing_format="qcow2"), boot)
     return True
