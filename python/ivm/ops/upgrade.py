@@ -63,6 +63,11 @@ def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> U
     """Put VM `s` on base `target` (already in the pool) with a fresh identity disk."""
     identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
     dom = require(s.domain(), s.name)
+    # A run killed between dropping the old overlay or identity disk and making the new one: finish it.
+    if s.hv.storage.volume(s.volumes.boot) is None:
+        make_overlay(s.hv, s.volumes.boot, target)
+    if s.hv.storage.volume(s.volumes.identity) is None:
+        write_identity_disk(s.hv, s.volumes.identity, identity)
     current = created_base(s)
     hv, vols = s.hv, s.volumes
     meta = read_metadata(hv.domains.xml(dom))
