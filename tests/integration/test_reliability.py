@@ -148,6 +148,14 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def last_error(stderr: str) -> str:
+    """A fleet run logs progress (`ivm: importing …`) and ends with one error line."""
+    lines = stderr.splitlines()
+    assert lines and "Traceback" not in stderr, stderr
+    assert [line for line in lines if line.startswith("ivm: error: ")] == lines[-1:], stderr
+    return lines[-1]
+
+
 # --- what the pool and the host hold ----------------------------------------------------------------
 
 
@@ -228,9 +236,10 @@ def var_counter(fleet: Fleet, name: str, scratch: Path) -> int:
 # --- failpoints are where this file says -------------------------------------------------------------
 
 
-def test_create_points_are_all_in_the_code() -> None:
+def test_stop_points_are_all_in_the_code() -> None:
     source = (REPO / "python" / "ivm" / "ops" / "provision.py").read_text()
-    assert sorted(re.findall(r'failpoint\("(create:[a-z-]+)"\)', source)) == sorted(CREATE_POINTS)
+    found = set(re.findall(r'failpoint\("(create:[a-z-]+)"\)', source))
+    assert found == set(CREATE_POINTS) | set(UPGRADE_POINTS)
 
 
 # --- bad input changes nothing on the real daemon -----------------------------------------------------
@@ -561,47 +570,140 @@ def test_pool_directory_removed_behind_libvirts_back(fleet: Fleet, images: Image
     assert ivm(fleet, tmp, "create", other, "--image", str(images.a)).returncode == 0
 
 
-# --- upgrade, rollback and gc (once the commands exist) ----------------------------------------------
+# --- upgrade and gc (skipped where the command does not exist) --------------------------------------
+
+# The stop points an upgrade passes: base import, fresh overlay, identity disk rebuild.
+UPGRADE_POINTS = (
+    "create:base-locked",
+    "create:base-converted",
+    "create:overlay-deleted",
+    "create:identity-built",
+    "create:identity-deleted",
+)
 
 
 def _needs(command: str) -> None:
     if command not in cli.commands:
-        pytest.skip(f"`ivm {command}` does not exist yet")
+        pytest.skip(f"`ivm {command}` does not exist in this version of the tool")
 
 
-def test_upgrade_all_twice_at_once_never_upgrades_a_vm_twice(
+def base_of(fleet: Fleet, tmp: Path, name: str) -> str | None:
+    r = ivm(fleet, tmp, "status", name, "--json", "--no-eval")
+    assert r.returncode == 0, r.stderr
+    [row] = json.loads(r.stdout)
+    base: str | None = row["base"]
+    return base
+
+
+def test_upgrade_killed_at_each_step_then_rerun(fleet: Fleet, images: Images, tmp_path: Path) -> None:
+    """A VM with data, moved between two bases; each upgrade is killed at one point and re-run:
+    the re-run finishes it, the guest boots the new base, and its /var counter goes on."""
+    _needs("upgrade")
+    name = fleet.add(vm_name("upk"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", name, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", name).returncode == 0
+    assert fleet.boot(name).var_counter == 1
+    for trial, point in enumerate(UPGRADE_POINTS, start=2):
+        image, marker = (images.b, "B") if trial % 2 == 0 else (images.a, "A")
+        current = base_of(fleet, tmp, name)
+        for base in bases(fleet):
+            if current is None or current not in base:
+                delete_volume(fleet, base)  # the target base is imported again
+        killed = ivm(fleet, tmp, "upgrade", name, "--image", str(image), IVM_FAILPOINT=point)
+        assert killed.returncode == -signal.SIGKILL, f"{point} not reached: {killed.stdout}{killed.stderr}"
+        check_leftovers(fleet, name, tmp)
+        again = ivm(fleet, tmp, "upgrade", name, "--image", str(image))
+        assert again.returncode == 0, f"{point}: re-run failed: {again.stdout}{again.stderr}"
+        assert set(fleet.volumes()) - set(bases(fleet)) == expected_volumes(fleet, name), point
+        report = fleet.boot(name)
+        assert not report.errors and report.marker == marker, (point, report.marker, report.errors)
+        assert (report.var_formatted, report.var_counter) == (False, trial), point
+
+
+def test_upgrade_all_twice_at_once_upgrades_each_vm_once(
     fleet: Fleet, images: Images, tmp_path: Path
 ) -> None:
+    """Run 1 is frozen while it holds the first VM's lock and the new base's import lock; run 2
+    starts: it must skip the busy VM (reported as failed) and wait for the base, not race it."""
     _needs("upgrade")
-    names = [fleet.add(vm_name("up")) for _ in range(2)]
+    tmp = tmp_path / "tmp"
+    names = sorted(fleet.add(vm_name("ua")) for _ in range(2))
     for n in names:
-        assert ivm(fleet, tmp_path / "tmp", "create", n, "--image", str(images.a)).returncode == 0
-        assert ivm(fleet, tmp_path / "tmp", "define", n).returncode == 0
-    runs = [
-        start(fleet, tmp_path / "tmp", tmp_path / "logs", "upgrade", "--all", "--image", str(images.b))
-        for _ in range(2)
-    ]
-    results = [r.wait() for r in runs]
-    for code, _out, err in results:
-        assert code in (0, 1), err
+        assert ivm(fleet, tmp, "create", n, "--image", str(images.a)).returncode == 0
+        assert ivm(fleet, tmp, "define", n).returncode == 0
+    upgrade = ("upgrade", "--all", "--image", str(images.b))
+    first, pid = paused_run(fleet, tmp_path, "create:base-locked", *upgrade)
+    try:
+        second = start(fleet, tmp, tmp_path / "logs", *upgrade)
+        wait_for(
+            lambda: (
+                f"waiting for ivm (pid {pid})" in second.stderr_so_far() or second.proc.poll() is not None
+            ),
+            "the second upgrade to wait for the base import",
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    results = [first.wait(), second.wait()]
+    outputs = [out for _code, out, _err in results]
+    assert f"{names[0]}: failed: {names[0]} is busy" in outputs[1], outputs[1]
+    for n in names:
+        moved = [out for out in outputs if re.search(rf"^{n}: base \S+ -> ", out, re.MULTILINE)]
+        assert len(moved) == 1, (n, outputs)
+    for code, out, err in results:
+        assert code == (1 if ": failed: " in out else 0), (out, err)
         if code == 1:
-            assert "busy" in err
-    for n in names:
-        upgraded = sum(f"{n}: upgraded" in r[1] for r in results)
-        assert upgraded <= 1, (n, results)
-        report = fleet.boot(n)
-        assert report.marker == "B" and report.var_counter == 1
+            assert "VMs failed to upgrade" in last_error(err)
+    rerun = ivm(fleet, tmp, *upgrade)
+    assert rerun.returncode == 0 and rerun.stdout.count(": up to date") == 2, rerun.stdout + rerun.stderr
+    assert len({base_of(fleet, tmp, n) for n in names}) == 1
+    report = fleet.boot(names[1])
+    assert report.marker == "B" and report.var_counter == 1
+
+
+def test_upgrade_all_reports_an_unreachable_hypervisor_and_a_rerun_finishes(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    """One machine's hypervisor goes away mid-fleet (its URI stops answering; the shared daemon is
+    left alone): the run upgrades the others, names the one that failed, exits 1; once the
+    hypervisor is back, the same command finishes it."""
+    _needs("upgrade")
+    tmp = tmp_path / "tmp"
+    ok, lost = sorted(fleet.add(vm_name("uf")) for _ in range(2))
+    for n in (ok, lost):
+        assert ivm(fleet, tmp, "create", n, "--image", str(images.a)).returncode == 0
+        assert ivm(fleet, tmp, "define", n).returncode == 0
+    doc = json.loads(fleet.machines_file.read_text())
+    doc["machines"][lost]["libvirt_uri"] = UNREACHABLE
+    fleet.machines_file.write_text(json.dumps(doc))
+    upgrade = ("upgrade", "--all", "--image", str(images.b))
+    first = ivm(fleet, tmp, *upgrade)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert re.search(rf"^{ok}: base \S+ -> ", first.stdout, re.MULTILINE), first.stdout
+    assert f"{lost}: failed: cannot connect to libvirt at {UNREACHABLE}" in first.stdout
+    assert "1 of 2 VMs failed to upgrade" in last_error(first.stderr)
+    doc["machines"][lost]["libvirt_uri"] = None
+    fleet.machines_file.write_text(json.dumps(doc))
+    second = ivm(fleet, tmp, *upgrade)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{ok}: up to date" in second.stdout
+    assert re.search(rf"^{lost}: base \S+ -> ", second.stdout, re.MULTILINE), second.stdout
 
 
 def test_gc_never_deletes_a_base_in_use(fleet: Fleet, images: Images, tmp_path: Path) -> None:
     _needs("gc")
-    used, idle = fleet.add(vm_name("gc")), fleet.add(vm_name("gc"))
     tmp = tmp_path / "tmp"
-    assert ivm(fleet, tmp, "create", used, "--image", str(images.a)).returncode == 0
-    assert ivm(fleet, tmp, "define", used).returncode == 0
-    assert ivm(fleet, tmp, "create", idle, "--image", str(images.b)).returncode == 0
-    assert ivm(fleet, tmp, "destroy", idle, "--delete-data").returncode == 0
-    before = set(bases(fleet))
-    assert ivm(fleet, tmp, "gc").returncode == 0
-    assert len(bases(fleet)) == 1 and set(bases(fleet)) < before
-    assert fleet.boot(used).var_counter == 1
+    defined, created, gone = (fleet.add(vm_name("gc")) for _ in range(3))
+    assert ivm(fleet, tmp, "create", defined, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", defined).returncode == 0
+    assert ivm(fleet, tmp, "create", created, "--image", str(images.b)).returncode == 0
+    assert ivm(fleet, tmp, "create", gone, "--image", str(images.b)).returncode == 0
+    assert ivm(fleet, tmp, "destroy", gone, "--delete-data").returncode == 0
+    both = set(bases(fleet))
+    assert len(both) == 2
+    kept = ivm(fleet, tmp, "gc")
+    assert kept.returncode == 0 and set(bases(fleet)) == both, kept.stdout + kept.stderr
+    assert ivm(fleet, tmp, "destroy", created, "--delete-data").returncode == 0
+    swept = ivm(fleet, tmp, "gc")
+    assert swept.returncode == 0 and len(bases(fleet)) == 1, swept.stdout + swept.stderr
+    check_volumes_sound(fleet, defined, images.a)
