@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli
+from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import gc as gc_ops
@@ -46,15 +46,7 @@ def status(
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
 @IMAGE_OPTION
-@click.option("--force", is_flag=True, help="Power a VM off if it has not shut down in time.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=120,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for each graceful shutdown.",
-)
+@shutdown_options(120)
 @click.pass_obj
 def upgrade(
     settings: Settings, names: tuple[str, ...], all_vms: bool, image: Path | None, force: bool, timeout: float
@@ -89,15 +81,7 @@ def upgrade(
 
 @cli.command()
 @NAME
-@click.option("--force", is_flag=True, help="Power the VM off if it has not shut down in time.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=120,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for a graceful shutdown.",
-)
+@shutdown_options(120)
 @click.pass_obj
 def rollback(settings: Settings, name: str, force: bool, timeout: float) -> None:
     """Put NAME back on the base it ran before its last upgrade (its /var is kept). Running it again

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli
+from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
 from ivm.config import Settings
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import load_identity
@@ -88,15 +88,7 @@ def up(settings: Settings, name: str, image: Path | None) -> None:
 
 @cli.command()
 @NAME
-@click.option("--force", is_flag=True, help="Power off if the guest has not shut down in time.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=60,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for a graceful shutdown.",
-)
+@shutdown_options(60)
 @click.pass_obj
 def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
     """Shut NAME down (ACPI power button), waiting up to --timeout seconds."""
