@@ -107,7 +107,8 @@ class World:
 
     def machines_json(self, doc: Any) -> None:
         text = doc if isinstance(doc, str) else json.dumps(doc)
-        self.project.machines_file.write_text(text)
+        # surrogateescape: a lone \udcff is written as the byte 0xff, so files can be invalid UTF-8.
+        self.project.machines_file.write_bytes(text.encode("utf-8", "surrogateescape"))
 
     def machine(self, **overrides: Any) -> None:
         self.project.write_machines({"web1": machine_entry(**overrides)})
@@ -358,7 +359,7 @@ CASES: tuple[Case, ...] = (
         CREATE,
         r"cannot read machines file .*can't decode",
         r"pass a UTF-8 JSON file",
-        lambda w: w.project.machines_file.write_bytes(b'{"version": 1, "machines": {"\xff": 1}}'),
+        lambda w: w.machines_json('{"version": 1, "machines": {"\udcff": 1}}'),
     ),
     # identity files in machines/web1/
     bad_file(

@@ -82,7 +82,7 @@ FIELD_VALUES = {
     | JSON_VALUES,
     "image_attr": st.text(max_size=20) | JSON_VALUES,
 }
-ENTRIES = st.fixed_dictionaries({}, optional=FIELD_VALUES)  # type: ignore[arg-type]
+ENTRIES = st.fixed_dictionaries({}, optional=FIELD_VALUES)
 DOCUMENTS = st.fixed_dictionaries(
     {"version": st.sampled_from([1, 1, 1, 2, "1", True, None])},
     optional={"machines": st.dictionaries(st.text(max_size=10) | st.just("web1"), ENTRIES, max_size=3)},
