@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ivm import __version__
+import ivm
 from ivm.config import Settings
 from ivm.errors import Exit, ToolError
 
@@ -97,7 +97,14 @@ class _Group(click.Group):
     help="Domain type; default kvm where hardware virtualisation works, else qemu.",
 )
 @click.option("--debug", is_flag=True, envvar="IVM_DEBUG", help="Log every step; show tracebacks.")
-@click.version_option(__version__, prog_name="ivm")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _show_version(ctx, value),
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -126,6 +133,13 @@ def cli(
     ctx.obj = Settings.from_env(
         machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
     )
+
+
+def _show_version(ctx: click.Context, value: bool) -> None:
+    # Not click.version_option: it wants the version when the CLI is built, i.e. on every run.
+    if value and not ctx.resilient_parsing:
+        click.echo(f"ivm, version {ivm.__version__}")
+        ctx.exit()
 
 
 def _report(e: ToolError, debug: bool) -> None:

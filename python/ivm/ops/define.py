@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from ivm import __version__
+import ivm
 from ivm.domain_xml import DomainSpec, Metadata, covers, domain_element, domain_xml, read_metadata
 from ivm.errors import ToolError
 from ivm.host import virt_type
@@ -42,7 +42,7 @@ def desired_spec(s: VmSession, base_hash: str, generate: bool = False) -> Domain
         machine_id=identity.machine_id,
         pool=s.settings.pool,
         volumes=s.volumes,
-        metadata=Metadata(s.name, base_hash, previous, __version__),
+        metadata=Metadata(s.name, base_hash, previous, ivm.__version__),
         virt_type=virt_type(s.hv.conn, s.hv.uri, s.settings.virt_type),
         firmware=s.settings.firmware,
     )
