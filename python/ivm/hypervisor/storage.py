@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lxml import etree
 
 from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
+from ivm.lock import vm_lock
 from ivm.storage_xml import pool_xml, volume_xml
 
 log = logging.getLogger("ivm.storage")
@@ -36,18 +38,33 @@ class Storage:
     def find(self) -> Any:
         """The pool if it exists (started and refreshed), else None. Creates nothing."""
         if self._pool is None:
-            try:
-                pool = self.conn.storagePoolLookupByName(self.name)
-            except libvirt.libvirtError as e:
-                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    return None
-                raise
+            pool = self._lookup()
+            if pool is None:
+                return None
             with libvirt_errors(f"starting storage pool {self.name}"):
                 if not pool.isActive():
-                    pool.create(0)
+                    with self._creation_lock():  # not while another run is still building it
+                        self._start(pool)
                 _refresh(pool)
             self._pool = pool
         return self._pool
+
+    def _lookup(self) -> Any:
+        try:
+            return self.conn.storagePoolLookupByName(self.name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise
+
+    def _start(self, pool: Any) -> None:
+        if not pool.isActive():
+            pool.create(0)
+
+    def _creation_lock(self) -> AbstractContextManager[None]:
+        """Two runs using a new pool at once: one defines, builds and starts it, the other waits.
+        (flock: never taken twice by one process, which would wait for itself.)"""
+        return vm_lock(self.conn.getURI(), f"_pool-{self.name}", wait=True)
 
     def ensure(self) -> Any:
         """The pool, defined, built, started and autostarted on first use."""
@@ -55,8 +72,14 @@ class Storage:
             pool = self.find()
         if pool is not None:
             return pool
-        log.info("creating storage pool %s at %s", self.name, self.path)
-        with libvirt_errors(f"creating storage pool {self.name} at {self.path}"):
+        with self._creation_lock(), libvirt_errors(f"creating storage pool {self.name} at {self.path}"):
+            pool = self._lookup()  # another run may have made it while this one waited
+            if pool is not None:
+                self._start(pool)
+                _refresh(pool)
+                self._pool = pool
+                return pool
+            log.info("creating storage pool %s at %s", self.name, self.path)
             pool = self.conn.storagePoolDefineXML(pool_xml(self.name, self.path), 0)
             try:
                 pool.build(0)
