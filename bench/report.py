@@ -1,0 +1,150 @@
+"""The results as JSON and as Markdown tables, and each target of issue 6 judged met or missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.stats import Figure
+
+MIB = 1024**2
+
+
+def plain(value: Any) -> Any:
+    """Results with every Figure turned into its JSON form."""
+    if isinstance(value, Figure):
+        return value.as_json()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def fmt(fig: Figure, digits: int = 2) -> str:
+    """`median (min-max) unit`; bytes shown in MiB."""
+    if fig.unit == "B":
+        return f"{fig.median / MIB:.2f} MiB ({fig.low / MIB:.2f}-{fig.high / MIB:.2f})"
+    return f"{fig.median:.{digits}f} s ({fig.low:.{digits}f}-{fig.high:.{digits}f})"
+
+
+def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 6 with what was measured and whether it is met."""
+    found: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, measured: str, met: bool) -> None:
+        found.append({"name": name, "target": target, "measured": measured, "met": met})
+
+    if p := cases.get("provision"):
+        add("provision: ivm vs spec path", "≥ 50x faster", f"{p['speedup']:.0f}x faster", p["speedup"] >= 50)
+        t = p["ivm_create"].median
+        add("provision: ivm create", "< 0.3 s", f"{t:.3f} s", t < 0.3)
+    if f := cases.get("fleet"):
+        per_vm = [row["per_vm"].median for row in f["rows"]]
+        worst = max(per_vm)
+        add("fleet: time per VM", "< 0.5 s at every size", f"≤ {worst:.3f} s", worst < 0.5)
+        spread = max(per_vm) / min(per_vm)
+        add(
+            "fleet: linear",
+            "per-VM time within 25 % from 1 to 50 VMs",
+            f"max/min {spread:.2f}",
+            spread <= 1.25,
+        )
+        size = max(row["bytes_per_vm"].median for row in f["rows"])
+        add("fleet: on disk per VM", "< 2 MiB (base counted once)", f"{size / MIB:.2f} MiB", size < 2 * MIB)
+    if i := cases.get("import"):
+        add("base import vs cp --sparse=always", "≤ 1.25x", f"{i['ratio']:.2f}x", i["ratio"] <= 1.25)
+    if b := cases.get("boot"):
+        add("boot to done: ivm start vs plain QEMU", "≤ 1.1x", f"{b['ratio']:.2f}x", b["ratio"] <= 1.1)
+    return found
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _main_rows(cases: dict[str, Any]) -> list[str]:
+    rows = [_row("measure", "ivm", "baseline", "ratio"), "|---|---|---|---|"]
+    sub = "&nbsp;&nbsp;"
+    if p := cases.get("provision"):
+        rows.append(
+            _row(
+                "provision one VM, base in pool",
+                f"`ivm create` {fmt(p['ivm_create'])}",
+                f"spec path {fmt(p['spec_path'])}",
+                f"{p['speedup']:.0f}x faster",
+            )
+        )
+        rows += [_row(f"{sub}spec: {step}", "", fmt(fig), "") for step, fig in p["spec_parts"].items()]
+    if i := cases.get("import"):
+        gib, data = i["image"]["apparent_bytes"] / 1024**3, i["image"]["data_bytes"] / MIB
+        rows.append(
+            _row(
+                f"import a {gib:.0f} GiB sparse raw base ({data:.0f} MiB of data)",
+                f"`ivm create` {fmt(i['ivm_create'])}",
+                f"`cp --sparse=always` {fmt(i['cp_sparse'])}",
+                f"{i['ratio']:.2f}x",
+            )
+        )
+        rows += [_row(f"{sub}ivm: {step}", fmt(fig), "", "") for step, fig in i["parts"].items()]
+    if b := cases.get("boot"):
+        rows.append(
+            _row(
+                f"boot to `IVM-REPORT done` ({b['accelerator'].upper()})",
+                f"`ivm start` {fmt(b['ivm_start_to_done'])}",
+                f"plain QEMU {fmt(b['qemu_to_done'])}",
+                f"{b['ratio']:.2f}x",
+            )
+        )
+        rows.append(_row(f"{sub}the `ivm start` command alone", fmt(b["ivm_start_command"]), "", ""))
+    if u := cases.get("upgrade"):
+        rows.append(
+            _row(f"upgrade {u['vms']} running VMs: downtime per VM", fmt(u["downtime_per_vm"]), "", "")
+        )
+        rows.append(_row(f"{sub}the whole `ivm upgrade` of {u['vms']}", fmt(u["upgrade_command"]), "", ""))
+    return rows
+
+
+def _fleet_rows(f: dict[str, Any]) -> list[str]:
+    head = (
+        "VMs",
+        "create + define, total",
+        "per VM",
+        "on disk per VM (base apart)",
+        "pool / VMs (base once)",
+    )
+    rows = [_row(*head, "pool rescan after"), "|---|---|---|---|---|---|"]
+    for r in f["rows"]:
+        cells = (
+            fmt(r["total"]),
+            fmt(r["per_vm"], 3),
+            fmt(r["bytes_per_vm"]),
+            fmt(r["pool_bytes_per_vm"]),
+            fmt(r["pool_refresh"], 3),
+        )
+        rows.append(_row(str(r["vms"]), *cells))
+    rows += [
+        "",
+        f"One `ivm create`: {fmt(f['ivm_create'], 3)}; one `ivm define`: {fmt(f['ivm_define'], 3)}; "
+        f"the base: {f['base_bytes'] / MIB:.1f} MiB.",
+    ]
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cases, m = results["cases"], results["machine"]
+    lines = [
+        f"Run {results['date']} on {m['cpu']} ({m['cpus']} CPUs, {m['memory_gib']} GiB), {m['os']}, "
+        f"libvirt {m['libvirt']}, {m['qemu']}, {m['accelerator']}; ivm {m['ivm_commit']}. "
+        f"Each figure: median (min-max) of {results['runs']} runs. "
+        f"The bench took {results['duration_s'] / 60:.1f} min.",
+        "",
+        *_main_rows(cases),
+    ]
+    if f := cases.get("fleet"):
+        lines += ["", *_fleet_rows(f)]
+    lines += ["", _row("target", "wanted", "measured", "met"), "|---|---|---|---|"]
+    lines += [
+        _row(t["name"], t["target"], t["measured"], "yes" if t["met"] else "**no**")
+        for t in results["targets"]
+    ]
+    return "\n".join(lines) + "\n"
