@@ -184,7 +184,8 @@ class Lab:
         self._write_machines()
 
     def _remove_lock(self, name: str) -> None:
-        # ivm's per-VM lock files (ivm/lock.py): /run/lock/ivm/<sha256(uri)[:12]>-<name>.lock
+        # ivm's lock files (ivm/lock.py), /run/lock/ivm/<sha256(uri)[:12]>-<name>.lock: one per VM,
+        # and _<name> for shared work (a base import, the pool's creation)
         tag = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
         for lock in (f"{tag}-{name}.lock", f"{tag}-_{name}.lock"):
             (Path("/run/lock/ivm") / lock).unlink(missing_ok=True)
@@ -206,3 +207,4 @@ class Lab:
                 self._remove_lock(vol.name())
             pool.destroy()
         pool.undefine()
+        self._remove_lock(f"pool-{self.pool}")
