@@ -245,12 +245,11 @@ def _upload(
 
 
 def _send(stream: Any, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        sent = stream.send(bytes(view))
+    while chunk:
+        sent = stream.send(chunk)  # a blocking stream takes the whole chunk: no copy in the common case
         if sent < 0:
             raise ToolError("the upload stream failed")
-        view = view[sent:]
+        chunk = chunk[sent:]
 
 
 def _next_data(fd: int, pos: int, end: int) -> int:
