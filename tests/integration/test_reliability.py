@@ -70,8 +70,15 @@ class Run:
     out: Path
     err: Path
 
-    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
-        code = self.proc.wait(timeout)
+    def wait(self, timeout: float = 240) -> tuple[int, str, str]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # PYTHONFAULTHANDLER is set: SIGABRT makes the run print where it is stuck.
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(30)
+            pytest.fail(f"ivm pid {self.proc.pid} hung; its stacks:\n{self.err.read_text()[-6000:]}")
         return code, self.out.read_text(), self.err.read_text()
 
     def stderr_so_far(self) -> str:
@@ -113,8 +120,25 @@ def start(fleet: Fleet, tmp: Path, logs: Path, *args: str, **env: str) -> Run:
     n = len(list(logs.iterdir()))
     out, err = logs / f"{n}.out", logs / f"{n}.err"
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(argv(fleet, *args), stdout=o, stderr=e, env=ivm_env(fleet, tmp, **env))
+        proc = subprocess.Popen(
+            argv(fleet, *args), stdout=o, stderr=e, env=ivm_env(fleet, tmp, PYTHONFAULTHANDLER="1", **env)
+        )
+    _RUNNING.append(proc)
     return Run(proc, out, err)
+
+
+_RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Iterator[None]:
+    """A stuck or frozen run would hold its locks into the next tests: end it with its test."""
+    yield
+    while _RUNNING:
+        proc = _RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 120) -> None:
