@@ -261,8 +261,8 @@ def var_counter(fleet: Fleet, name: str, scratch: Path) -> int:
 
 
 def test_stop_points_are_all_in_the_code() -> None:
-    source = (REPO / "python" / "ivm" / "ops" / "provision.py").read_text()
-    found = set(re.findall(r'failpoint\("(create:[a-z-]+)"\)', source))
+    source = "".join(p.read_text() for p in (REPO / "python" / "ivm").rglob("*.py"))
+    found = set(re.findall(r'failpoint\("([a-z]+:[a-z-]+)"\)', source))
     assert found == set(CREATE_POINTS) | set(UPGRADE_POINTS)
 
 
@@ -596,13 +596,19 @@ def test_pool_directory_removed_behind_libvirts_back(fleet: Fleet, images: Image
 
 # --- upgrade and gc (skipped where the command does not exist) --------------------------------------
 
-# The stop points an upgrade passes: base import, fresh overlay, identity disk rebuild.
+# The stop points an upgrade passes: base import (killed before the header is written, too),
+# shutdown done, fresh overlay, identity disk rebuild, new definition before the start.
 UPGRADE_POINTS = (
     "create:base-locked",
     "create:base-converted",
+    "upload:data-sent",
+    "upgrade:stopped",
     "create:overlay-deleted",
+    "upgrade:overlay-made",
     "create:identity-built",
     "create:identity-deleted",
+    "upgrade:identity-made",
+    "upgrade:defined",
 )
 
 

@@ -17,6 +17,7 @@ import libvirt
 from lxml import etree
 
 from ivm.errors import ToolError
+from ivm.failpoints import failpoint
 from ivm.hypervisor.connection import libvirt_errors, translate
 from ivm.lock import vm_lock
 from ivm.storage_xml import pool_xml, volume_xml
@@ -170,6 +171,7 @@ class Storage:
         try:
             with libvirt_errors(f"uploading {source} to volume {name}"):
                 _upload(self.conn, vol, source, header, size, progress, sparse=True)
+                failpoint("upload:data-sent")  # everything but the header: an incomplete volume
                 _upload(self.conn, vol, source, 0, header, None, sparse=False)
         except BaseException:
             _delete_quietly(vol, name)

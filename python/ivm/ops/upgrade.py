@@ -17,6 +17,7 @@ from pathlib import Path
 from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
+from ivm.failpoints import failpoint
 from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
 from ivm.identity.disk import digest_in_superblock
 from ivm.image import BaseImage
@@ -90,11 +91,15 @@ def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> U
             log.info("%s: powering off after %g s", s.name, timeout)
             hv.domains.power_off(dom)
     stopped_at = time.monotonic()
+    failpoint("upgrade:stopped")
     if current != target:
         make_overlay(hv, vols.boot, target)
+        failpoint("upgrade:overlay-made")
     if identity_stale or current != target:
         write_identity_disk(hv, vols.identity, identity)
+        failpoint("upgrade:identity-made")
     define(s, base_hash=target)
+    failpoint("upgrade:defined")
     dom = require(s.domain(), s.name)
     downtime = None
     if was_running:
