@@ -175,3 +175,18 @@ def test_start_of_undefined_vm_says_what_to_do(run_cli: RunCli) -> None:
 def test_debug_shows_traceback_for_errors(run_cli: RunCli) -> None:
     r = run_cli("--debug", "start", "web2")
     assert r.exit_code == 1 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("start",), "Missing argument 'NAME'; see 'ivm start --help'"),
+        (("start", "--bogus", "web1"), "No such option '--bogus'"),
+        (("nope",), "No such command 'nope'; see 'ivm --help'"),
+        (("stop", "web1", "--timeout", "abc"), "Invalid value for '--timeout'"),
+        (("upgrade",), "name the VMs to upgrade, or pass --all"),
+    ],
+)
+def test_click_usage_errors_are_one_line_too(run_cli: RunCli, args: tuple[str, ...], says: str) -> None:
+    r = run_cli(*args)
+    assert r.exit_code == 2 and says in one_error_line(r.stderr)

@@ -47,6 +47,23 @@ class _Group(click.Group):
     """Turns every failure into one line on stderr and an exit code: 0 ok, 1 failed, 2 invalid
     input. A traceback is shown only with --debug (a bug still gets one readable line)."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # click's own usage errors print a usage block; ivm says one line like its other errors.
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "ivm"
+            click.echo(f"ivm: error: {e.format_message().rstrip('.')}; see '{where} --help'", err=True)
+            sys.exit(Exit.USAGE)
+        except click.ClickException as e:
+            click.echo(f"ivm: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("ivm: aborted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else Exit.OK)
+
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug"))
         try:
