@@ -85,7 +85,9 @@ class _Group(click.Group):
             ctx.exit(Exit.FAILED)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    name="ivm", cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.option(
     "--machines",
     "machines_file",
