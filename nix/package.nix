@@ -6,6 +6,7 @@
   qemu-utils,
   openssh,
   libvirt,
+  util-linux,
 }:
 let
   pyproject = lib.importTOML ../pyproject.toml;
@@ -28,6 +29,7 @@ python3Packages.buildPythonApplication {
       ../pyproject.toml
       ../python
       (lib.fileset.maybeMissing ../README.md)
+      (lib.fileset.maybeMissing ../tests/__init__.py)
       (lib.fileset.maybeMissing ../tests/conftest.py)
       (lib.fileset.maybeMissing ../tests/unit)
     ];
@@ -41,7 +43,13 @@ python3Packages.buildPythonApplication {
     libvirt
   ];
 
-  nativeCheckInputs = [ python3Packages.pytestCheckHook ] ++ runtimeTools;
+  # The unit tests also make partitioned test images (sfdisk, blkid) and run property tests.
+  nativeCheckInputs = [
+    python3Packages.pytestCheckHook
+    python3Packages.hypothesis
+    util-linux
+  ]
+  ++ runtimeTools;
 
   # Only the unit tests: integration tests need a libvirt daemon, nix tests need Nix.
   enabledTestPaths = [ "tests/unit" ];
