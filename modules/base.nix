@@ -15,6 +15,10 @@
   # The store is read-only and Nix is off (appliance profile): nothing to collect.
   nix.gc.automatic = false;
 
+  # The QEMU guest agent on the channel ivm's domains carry: how `ivm ssh` finds the address of a
+  # VM on a bridge, where libvirt has no DHCP lease to read.
+  services.qemuGuest.enable = lib.mkDefault true;
+
   # Guests log in UTC; a machine can pick another zone.
   time.timeZone = lib.mkDefault "UTC";
 
