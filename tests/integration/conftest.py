@@ -88,9 +88,9 @@ class Fleet:
         self.machines_file.write_text(json.dumps(doc))
         return name
 
-    def ivm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run the real CLI in a subprocess, as a user would."""
-        argv = [
+    def argv(self, *args: str) -> list[str]:
+        """The real CLI as a user runs it, on this fleet's machines and project."""
+        return [
             sys.executable,
             "-m",
             "ivm",
@@ -100,7 +100,12 @@ class Fleet:
             str(self.root),
             *args,
         ]
-        r = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout, check=False)
+
+    def ivm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI in a subprocess, as a user would."""
+        r = subprocess.run(
+            self.argv(*args), capture_output=True, text=True, env=self.env(), timeout=timeout, check=False
+        )
         if check and r.returncode != 0:
             pytest.fail(f"ivm {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
         return r
@@ -143,7 +148,8 @@ class Fleet:
             conn.close()
 
 
-def _teardown(fleet: Fleet) -> None:
+def teardown_fleet(fleet: Fleet) -> None:
+    """Remove the fleet's domains (with their UEFI variables), volumes and pool."""
     conn = fleet.conn()
     try:
         for name in fleet.names:
@@ -180,7 +186,7 @@ def fleet(system_uri: str, tmp_path: Path) -> Iterator[Fleet]:
         try:
             yield f
         finally:
-            _teardown(f)
+            teardown_fleet(f)
 
 
 def vm_name(prefix: str = "it") -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -44,19 +43,7 @@ def test_daemon_restart_during_upgrade_all(fleet: Fleet, images: Images, tmp_pat
         fleet.ivm("define", name)
     flag = tmp_path / "paused"
     env = {**fleet.env(), "IVM_FAILPOINT": "upgrade:stopped", "IVM_FAILPOINT_PAUSE": str(flag)}
-    argv = [
-        sys.executable,
-        "-m",
-        "ivm",
-        "--machines",
-        str(fleet.machines_file),
-        "--root",
-        str(fleet.root),
-        "upgrade",
-        "--all",
-        "--image",
-        str(images.b),
-    ]
+    argv = fleet.argv("upgrade", "--all", "--image", str(images.b))
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     restarted = False
     deadline = time.monotonic() + 300

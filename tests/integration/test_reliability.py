@@ -15,7 +15,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,16 +91,7 @@ def ivm_env(fleet: Fleet, tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def argv(fleet: Fleet, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ivm",
-        "--machines",
-        str(fleet.machines_file),
-        "--root",
-        str(fleet.root),
-        *args,
-    ]
+    return fleet.argv(*args)
 
 
 def ivm(fleet: Fleet, tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

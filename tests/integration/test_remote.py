@@ -15,7 +15,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration.conftest import Fleet, Images, vm_name
+from tests.integration.conftest import Fleet, Images, teardown_fleet, vm_name
 from tests.integration.harness.second_host import SecondHost, SecondHostError, second_host
 
 pytestmark = pytest.mark.integration
@@ -48,28 +48,6 @@ class RemoteFleet(Fleet):
         return super().ivm(*given, *args, check=check, timeout=timeout)
 
 
-def _teardown(fleet: RemoteFleet) -> None:
-    conn = fleet.conn()
-    try:
-        for dom in conn.listAllDomains(0):
-            if dom.name() in fleet.names:
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        try:
-            pool = conn.storagePoolLookupByName(fleet.pool)
-        except libvirt.libvirtError:
-            return
-        if pool.isActive():
-            pool.refresh(0)
-            for vol in pool.listAllVolumes():
-                vol.delete(0)
-            pool.destroy()
-        pool.undefine()
-    finally:
-        conn.close()
-
-
 @pytest.fixture(params=["connect-option", "machines-json"])
 def remote_fleet(
     request: pytest.FixtureRequest, host2: SecondHost, system_uri: str, tmp_path: Path
@@ -92,7 +70,7 @@ def remote_fleet(
     try:
         yield fleet
     finally:
-        _teardown(fleet)
+        teardown_fleet(fleet)
 
 
 def _system_has(system_uri: str, pool: str, volume_path: Path, domain: str) -> list[str]:
