@@ -26,9 +26,10 @@ def lock_dir() -> Path:
 
 
 @contextmanager
-def vm_lock(uri: str, name: str, wait: bool = False) -> Iterator[None]:
-    """Hold the lock of VM `name` on `uri`; fail at once (exit 1) if another run holds it, or with
-    `wait`, wait for it (for shared work such as a base import, which the holder finishes for us).
+def resource_lock(uri: str, name: str, wait: bool = False) -> Iterator[None]:
+    """Hold the lock of `name` (a VM, or `_`-prefixed shared work) on `uri`; fail at once (exit 1)
+    if another run holds it, or with `wait`, wait for it (for shared work such as a base import,
+    which the holder finishes for us).
 
     flock is released by the kernel when the process dies, so a killed run never leaves it stuck.
     """

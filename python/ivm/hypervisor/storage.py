@@ -19,7 +19,7 @@ from lxml import etree
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.connection import libvirt_errors, translate
-from ivm.lock import vm_lock
+from ivm.lock import resource_lock
 from ivm.storage_xml import pool_xml, volume_xml
 
 log = logging.getLogger("ivm.storage")
@@ -65,7 +65,7 @@ class Storage:
     def _creation_lock(self) -> AbstractContextManager[None]:
         """Two runs using a new pool at once: one defines, builds and starts it, the other waits.
         (flock: never taken twice by one process, which would wait for itself.)"""
-        return vm_lock(self.conn.getURI(), f"_pool-{self.name}", wait=True)
+        return resource_lock(self.conn.getURI(), f"_pool-{self.name}", wait=True)
 
     def ensure(self) -> Any:
         """The pool, defined, built, started and autostarted on first use."""

@@ -15,7 +15,7 @@ from lxml import etree
 from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
-from ivm.lock import vm_lock
+from ivm.lock import resource_lock
 from ivm.ops.session import Hypervisor, open_hypervisor
 from ivm.volumes import base_hash_of
 
@@ -55,7 +55,7 @@ def gc_pool(settings: Settings, uri: str, dry_run: bool) -> GcResult:
                 deleted.append(name)
                 continue
             try:
-                with vm_lock(uri, f"_{name}"):
+                with resource_lock(uri, f"_{name}"):
                     hv.storage.delete(name)
                     deleted.append(name)
             except ToolError:

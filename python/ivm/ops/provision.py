@@ -10,7 +10,7 @@ import logging
 import struct
 import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from ivm.hypervisor.storage import Progress
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
 from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, image_file, inspect, nix_build
-from ivm.lock import vm_lock
+from ivm.lock import resource_lock
 from ivm.ops.session import Hypervisor, VmSession
 from ivm.storage_xml import volume_xml
 from ivm.volumes import base_hash_of, base_volume
@@ -96,7 +96,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
 def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | None) -> str:
     """Upload the base as base-<hash>.qcow2 unless a complete copy is already in the pool."""
     name = base_volume(base.hash)
-    with vm_lock(hv.uri, f"_{name}", wait=True):  # two VMs created at once import one base once
+    with resource_lock(hv.uri, f"_{name}", wait=True):  # two VMs created at once import one base once
         failpoint("create:base-locked")
         if is_complete(hv, name, "qcow2"):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
@@ -108,11 +108,9 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
             failpoint("create:base-converted")
             log.info("importing %s as %s", base.path.name, name)
             total = source.stat().st_size
-            if progress is None:
-                hv.storage.import_file(name, source, header=HEADER, mode="0644")
-            else:
-                with progress(f"importing {name}", total) as update:
-                    hv.storage.import_file(name, source, header=HEADER, mode="0644", progress=update)
+            bar = progress(f"importing {name}", total) if progress else nullcontext(None)
+            with bar as update:
+                hv.storage.import_file(name, source, header=HEADER, mode="0644", progress=update)
         if not is_complete(hv, name, "qcow2"):
             raise ToolError(
                 f"the uploaded base {name} is not a valid qcow2 image",

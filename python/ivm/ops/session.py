@@ -11,7 +11,7 @@ from ivm.config import Settings
 from ivm.hypervisor.connection import connect
 from ivm.hypervisor.domains import Domains
 from ivm.hypervisor.storage import Storage
-from ivm.lock import vm_lock
+from ivm.lock import resource_lock
 from ivm.machines import Machine
 from ivm.names import check_vm_name
 from ivm.volumes import VmVolumes, vm_volumes
@@ -56,5 +56,5 @@ def vm_session(settings: Settings, name: str) -> Iterator[VmSession]:
     check_vm_name(name)
     machine = settings.machine(name)
     uri = settings.uri_for(machine)
-    with vm_lock(uri, name), open_hypervisor(settings, uri) as hv:
+    with resource_lock(uri, name), open_hypervisor(settings, uri) as hv:
         yield VmSession(name, machine, settings, hv)
