@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,20 @@ def project(tmp_path: Path) -> Project:
     p = Project(root, tmp_path / "machines.json")
     p.write_machines({"web1": machine_entry(), "web2": machine_entry(image_attr="image-web2")})
     return p
+
+
+@pytest.fixture(scope="session")
+def system_uri() -> str:
+    """A real libvirt daemon at qemu:///system, started if none answers (as root). Under CI a
+    daemon that cannot be had fails the run; elsewhere the tests that need it are skipped."""
+    from tests.integration.harness.daemon import DaemonError, ensure_libvirt
+
+    try:
+        return ensure_libvirt()
+    except DaemonError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a libvirt daemon: {e}")
+        pytest.skip(f"no libvirt daemon: {e}")
 
 
 RunCli = Callable[..., Result]

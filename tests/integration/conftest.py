@@ -19,7 +19,6 @@ import pytest
 
 from tests.conftest import machine_entry
 from tests.integration.harness.console import ConsoleCapture
-from tests.integration.harness.daemon import DaemonError, ensure_libvirt
 from tests.integration.harness.pool import scratch_pool_dir
 from tests.integration.harness.report import Report
 from tests.integration.standin.image import build_standin_image
@@ -31,16 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.path) and not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.fixture(scope="session")
-def system_uri() -> str:
-    try:
-        return ensure_libvirt()
-    except DaemonError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a libvirt daemon: {e}")
-        pytest.skip(f"no libvirt daemon: {e}")
 
 
 @dataclass(frozen=True)

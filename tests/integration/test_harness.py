@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from .harness.console import ConsoleCapture
-from .harness.daemon import DaemonError, ensure_libvirt, virt_type
+from .harness.daemon import virt_type
 from .harness.pool import scratch_pool_dir
 from .harness.report import Report, parse_report
 from .standin import build_standin_image
@@ -33,18 +33,8 @@ IDENTITY = {
 
 
 @pytest.fixture(scope="module")
-def uri() -> str:
-    try:
-        return ensure_libvirt()
-    except DaemonError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs a libvirt daemon: {e}")
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def conn(uri: str) -> Iterator[Any]:
-    connection = libvirt.open(uri)
+def conn(system_uri: str) -> Iterator[Any]:
+    connection = libvirt.open(system_uri)
     yield connection
     connection.close()
 
@@ -185,8 +175,8 @@ def test_builds_are_cached_and_carry_their_marker(tmp_path: Path) -> None:
     assert "console=ttyS0" in entry
 
 
-def test_guest_boots_twice_and_reports(uri: str, domain: Any) -> None:
-    first = _boot(uri, domain)
+def test_guest_boots_twice_and_reports(system_uri: str, domain: Any) -> None:
+    first = _boot(system_uri, domain)
     assert first.done and first.efi and first.marker == "A"
     boot = first.disk(None)
     assert boot.readonly and first.boot_write == "denied" and first.boot_disk == boot.name
@@ -199,6 +189,6 @@ def test_guest_boots_twice_and_reports(uri: str, domain: Any) -> None:
     assert first.identity_lines["tcp_ports"] == ("22", "80")
     assert "ssh_host_ed25519_key" not in first.identity_lines
 
-    second = _boot(uri, domain)
+    second = _boot(system_uri, domain)
     assert (second.var_formatted, second.var_counter) == (False, 2)
     assert second.boot_write == "denied" and not second.missing

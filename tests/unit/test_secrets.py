@@ -229,18 +229,6 @@ def test_nix_evaluated_machines_json_holds_no_secret() -> None:
 # --- against the real daemon: a full create + define with --debug ----------------------------------
 
 
-@pytest.fixture
-def daemon_uri() -> str:
-    from tests.integration.harness.daemon import DaemonError, ensure_libvirt
-
-    try:
-        return ensure_libvirt()
-    except DaemonError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs a libvirt daemon: {e}")
-        pytest.skip(str(e))
-
-
 def _remove_pool_and_domain(uri: str, pool_name: str, vm: str) -> None:
     conn = libvirt.open(uri)
     try:
@@ -266,7 +254,7 @@ def _remove_pool_and_domain(uri: str, pool_name: str, vm: str) -> None:
 
 
 @pytest.mark.integration
-def test_full_create_and_define_leak_nothing(project: Project, tmp_path: Path, daemon_uri: str) -> None:
+def test_full_create_and_define_leak_nothing(project: Project, tmp_path: Path, system_uri: str) -> None:
     from tests.integration.harness.pool import scratch_pool_dir
 
     vm = f"sec-{uuid.uuid4().hex[:8]}"
@@ -288,7 +276,7 @@ def test_full_create_and_define_leak_nothing(project: Project, tmp_path: Path, d
             "--root",
             str(project.root),
             "--connect",
-            daemon_uri,
+            system_uri,
             "--virt-type",
             "qemu",
         ]
@@ -301,7 +289,7 @@ def test_full_create_and_define_leak_nothing(project: Project, tmp_path: Path, d
             key = project.machine_dir(vm) / "ssh_host_ed25519_key"
             secrets = key_secrets(key)
             assert "+ mkfs.ext4" in logs, "the debug log should show what ran"
-            conn = libvirt.open(daemon_uri)
+            conn = libvirt.open(system_uri)
             try:
                 dom = conn.lookupByName(vm)
                 xmls = [dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)]
@@ -322,4 +310,4 @@ def test_full_create_and_define_leak_nothing(project: Project, tmp_path: Path, d
             # The identity volume's bytes do hold the key (that is its job): only its mode protects it.
             assert key.read_bytes().strip() in (pool_dir / f"{vm}-identity.img").read_bytes()
         finally:
-            _remove_pool_and_domain(daemon_uri, pool_name, vm)
+            _remove_pool_and_domain(system_uri, pool_name, vm)
