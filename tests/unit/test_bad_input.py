@@ -341,6 +341,22 @@ CASES: tuple[Case, ...] = (
         r"libvirt_uri must be null or a libvirt URI",
         lambda w: w.machine(libvirt_uri="qemu:///system extra"),
     ),
+    bad_json(
+        "uri-ext-command",
+        r"libvirt_uri must be null or a libvirt URI ivm accepts \(the ext transport runs a program",
+        lambda w: w.machine(libvirt_uri="qemu+ext:///system?command=./machines/web1/pwn"),
+        daemon=True,
+    ),
+    bad_json(
+        "uri-tcp",
+        r"the tcp transport sends everything, the VM's private host key included, without encryption",
+        lambda w: w.machine(libvirt_uri="qemu+tcp://hv2/system"),
+    ),
+    bad_json(
+        "uri-no-verify",
+        r"the no_verify= parameter turns off the check of the server's certificate",
+        lambda w: w.machine(libvirt_uri="qemu+tls://hv2/system?no_verify=1"),
+    ),
     bad_json("image-attr", r"image_attr must be a flake package name", lambda w: w.machine(image_attr="a#b")),
     bad_json(
         "machine-key",

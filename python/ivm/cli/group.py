@@ -107,7 +107,8 @@ class _Group(click.Group):
     "-c",
     "connect",
     metavar="URI",
-    help="libvirt URI; beats the machine's libvirt_uri and LIBVIRT_URI (default qemu:///system).",
+    help="libvirt URI; beats the machine's libvirt_uri and LIBVIRT_URI (default qemu:///system). "
+    "Only local, ssh and tls URIs are accepted; ext and tcp are refused.",
 )
 @click.option(
     "--virt-type",
