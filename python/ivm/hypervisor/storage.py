@@ -152,10 +152,14 @@ class Storage:
         with libvirt_errors(f"creating volume {name} in pool {self.name}"):
             return pool.createXML(xml, 0)
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, *, wipe: bool = False) -> bool:
+        """Delete a volume; with `wipe`, overwrite its data with zeros first (a secret must not
+        linger in the pool's free blocks)."""
         vol = self.volume(name)
         if vol is None:
             return False
+        if wipe:
+            _wipe(vol, name)
         log.debug("deleting volume %s", name)
         with libvirt_errors(f"deleting volume {name}"):
             vol.delete(0)
@@ -268,8 +272,19 @@ def _next_hole(fd: int, pos: int, end: int) -> int:
         return end
 
 
+def _wipe(vol: Any, name: str) -> None:
+    log.debug("wiping volume %s", name)
+    try:
+        vol.wipe(0)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise translate(e, f"wiping volume {name}") from None
+        log.warning("the storage driver cannot wipe %s; deleting it without overwriting it", name)
+
+
 def _delete_quietly(vol: Any, name: str) -> None:
     try:
+        vol.wipe(0)  # a partial identity upload holds part of a private key
         vol.delete(0)
     except libvirt.libvirtError:
         log.warning("could not remove the partial volume %s; the next run replaces it", name)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.storage import Progress
+from ivm.hypervisor.uri import parse_uri, secret_notice
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
 from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, external_reference, image_file, inspect, nix_build
@@ -139,10 +140,13 @@ def make_overlay(hv: Hypervisor, boot: str, base_hash: str) -> bool:
 
 
 def write_identity_disk(hv: Hypervisor, name: str, identity: Identity) -> None:
+    notice = secret_notice(parse_uri(hv.uri), name)
+    if notice:
+        log.warning(notice)
     with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
         image = build_identity_disk(identity, Path(tmp) / "identity.img")
         failpoint("create:identity-built")
-        hv.storage.delete(name)
+        hv.storage.delete(name, wipe=True)  # the old image holds the private key
         failpoint("create:identity-deleted")
         hv.storage.import_file(name, image, header=HEADER, mode="0600")
 
