@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ivm.errors import ToolError, UsageError
+from ivm.errors import UsageError
 
 
 class Transport(StrEnum):
@@ -157,24 +157,24 @@ def checked_uri(text: str, source: str = "libvirt URI") -> LibvirtUri:
         raise UsageError(f"{source} {text!r} is refused: {e}", HINT) from None
 
 
-def check_socket(uri: LibvirtUri) -> None:
-    """A socket= path must be a socket owned by root or by the user running ivm: another user's
-    socket could be a fake daemon waiting for a private host key."""
+def socket_problem(uri: LibvirtUri) -> str | None:
+    """Why the socket= path cannot be connected to (it does not exist), or None. A socket that is
+    not owned by root or by the user running ivm is refused outright: another user's socket could
+    be a fake daemon waiting for a private host key. A missing one is refused too, so a socket made
+    after this check is never used unchecked."""
     socket = uri.param("socket")
     if socket is None:
-        return
+        return None
     try:
         info = Path(socket).lstat()
-    except OSError as e:  # refused here too: a socket made after this check would not be checked
-        raise ToolError(
-            f"cannot connect to libvirt at {uri.text}: {socket}: {e.strerror}",
-            "start the libvirt daemon that listens there, or fix socket= in the URI",
-        ) from None
+    except OSError as e:
+        return f"{socket}: {e.strerror}"
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in (0, os.getuid()):
         raise UsageError(
             f"libvirt socket {socket} is not a socket owned by root or by you; ivm will not send to it",
             "point socket= at the socket of a libvirt daemon you or root run",
         )
+    return None
 
 
 def secret_notice(uri: LibvirtUri, volume: str) -> str | None:
