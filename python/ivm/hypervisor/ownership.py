@@ -65,13 +65,16 @@ def find_drift(storage: Storage, uri: str, vols: VmVolumes, own_uid: int | None)
         return []
     boot = Path(storage.volume_path(vols.boot))
     backing = storage.backing_path(vols.boot)
-    owner = boot.parent.stat().st_uid  # the pool directory's owner: root for qemu:///system
+    try:
+        owner = boot.parent.stat().st_uid  # the pool directory's owner: root for qemu:///system
+    except OSError:
+        return []  # not this machine's view of the pool (or not ours to read): nothing to judge
     found: list[Drift] = []
     for want in expected(vols, Path(backing).name if backing else None, owner, own_uid):
         path = boot.parent / want.volume
         try:
             info = path.lstat()
-        except FileNotFoundError:
+        except OSError:
             continue
         drift = judge(want, path, info)
         if drift is not None:

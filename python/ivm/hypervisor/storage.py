@@ -166,7 +166,14 @@ class Storage:
         return True
 
     def import_file(
-        self, name: str, source: Path, *, header: int, mode: str, progress: Progress | None = None
+        self,
+        name: str,
+        source: Path,
+        *,
+        header: int,
+        mode: str,
+        progress: Progress | None = None,
+        secret: bool = False,
     ) -> None:
         """Create volume `name` from a local file, streamed (sparsely) through the connection;
         its first `header` bytes are written last."""
@@ -178,7 +185,7 @@ class Storage:
                 failpoint("upload:data-sent")  # everything but the header: an incomplete volume
                 _upload(self.conn, vol, source, 0, header, None, sparse=False)
         except BaseException:
-            _delete_quietly(vol, name)
+            _delete_quietly(vol, name, wipe=secret)
             raise
         with libvirt_errors(f"refreshing pool {self.name}"):
             _refresh(self.find())
@@ -282,9 +289,10 @@ def _wipe(vol: Any, name: str) -> None:
         log.warning("the storage driver cannot wipe %s; deleting it without overwriting it", name)
 
 
-def _delete_quietly(vol: Any, name: str) -> None:
+def _delete_quietly(vol: Any, name: str, wipe: bool) -> None:
     try:
-        vol.wipe(0)  # a partial identity upload holds part of a private key
+        if wipe:
+            vol.wipe(0)  # a partial identity upload holds part of a private key
         vol.delete(0)
     except libvirt.libvirtError:
         log.warning("could not remove the partial volume %s; the next run replaces it", name)

@@ -148,7 +148,7 @@ def write_identity_disk(hv: Hypervisor, name: str, identity: Identity) -> None:
         failpoint("create:identity-built")
         hv.storage.delete(name, wipe=True)  # the old image holds the private key
         failpoint("create:identity-deleted")
-        hv.storage.import_file(name, image, header=HEADER, mode="0600")
+        hv.storage.import_file(name, image, header=HEADER, mode="0600", secret=True)
 
 
 def boot_base(hv: Hypervisor, boot: str) -> str | None:
