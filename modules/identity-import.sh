@@ -4,12 +4,17 @@
 #
 #   identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF
 #
-# SOURCE is the mounted identity disk (empty when there is none). The files are checked with the
-# rules the host tool applied (python/ivm/identity/rules.py), then only the known names are copied,
-# root-owned with fixed modes, into a new directory that replaces IDENTITY_DIR in one rename
-# (RENAME_EXCHANGE). A missing or invalid disk keeps the previous identity: the VM still boots.
-# RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF) and hosts (BASE_HOSTS plus
-# the identity's extra lines).
+# SOURCE is the mounted identity disk (empty when there is none); it is unmounted on every exit, so
+# the private host key does not stay mounted whatever happens. The files are checked with the rules
+# of tests/cases/identity.json (the host tool's are python/ivm/identity/rules.py; where this script
+# is more lenient, the rule says so), then only the known names are copied, root-owned with fixed
+# modes, into a new directory that replaces IDENTITY_DIR in one rename (RENAME_EXCHANGE).
+# A missing disk keeps the previous identity: the VM still boots. A disk that is present but refused
+# keeps the previous machine-id, hostname and host key but removes its authorized keys (fail closed:
+# keys the refused identity may have revoked stop working), and says so on the console.
+# RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF), hosts (BASE_HOSTS plus the
+# identity's extra lines) and identity-status (one line: imported, absent, refused: WHY, failed: WHY),
+# on every path.
 set -uo pipefail
 export LC_ALL=C
 
@@ -198,14 +203,34 @@ validate() {
   done
 }
 
+# What happened to the identity this boot, for RUNTIME_DIR/identity-status.
+status="failed: the import did not finish"
+
+# Removes the authorized keys of the kept identity: a refused disk may be the one that revoked them.
+revoke_keys() {
+  local target=$1 name
+  for name in admin_authorized_keys user_authorized_keys; do
+    if [[ -e $target/$name || -L $target/$name ]]; then
+      rm -f -- "$target/$name" || return 1
+    fi
+  done
+  if [[ -d $target ]]; then
+    sync -f -- "$target" || return 1
+  fi
+}
+
 import_identity() {
   local source=$1 target=$2 name staging
   if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
     log "no identity disk (or it is empty); keeping ${target}"
+    status="absent"
     return 0
   fi
   if ! validate "$source"; then
-    log "identity disk rejected: $problem; keeping ${target}"
+    status="refused: $problem"
+    # On the console too (the unit sends stderr there): the host sees the refusal in the serial log.
+    log "identity disk REFUSED: $problem; keeping ${target} without its authorized keys"
+    revoke_keys "$target" || return 1
     return 0
   fi
   # Same file system as the target, so the final rename is atomic.
@@ -223,6 +248,7 @@ import_identity() {
     mv --no-target-directory -- "$staging" "$target" || return 1
   fi
   sync -f -- "$target" || return 1
+  status="imported"
   log "imported ${#found[@]} files into ${target}: ${found[*]}"
 }
 
@@ -232,23 +258,34 @@ publish() {
   cat >"$target.new" && chmod 0644 -- "$target.new" && mv -f -- "$target.new" "$target"
 }
 
+# Each file on its own: a missing default resolv.conf must not cost the VM its hosts file.
 prepare_runtime() {
-  local identity=$1 runtime=$2 base_hosts=$3 default_resolv=$4
+  local identity=$1 runtime=$2 base_hosts=$3 default_resolv=$4 ok=0
   if [[ ! -d $runtime ]]; then
     mkdir -m 0755 -- "$runtime" || return 1
   fi
   if [[ -f $identity/resolv.conf ]]; then
-    publish "$runtime/resolv.conf" <"$identity/resolv.conf" || return 1
+    publish "$runtime/resolv.conf" <"$identity/resolv.conf" || ok=1
   else
-    publish "$runtime/resolv.conf" <"$default_resolv" || return 1
+    publish "$runtime/resolv.conf" <"$default_resolv" || ok=1
   fi
   {
-    cat -- "$base_hosts" || return 1
+    cat -- "$base_hosts" || ok=1
     if [[ -f $identity/hosts ]]; then
       printf '\n# From the VM identity (hosts)\n'
-      cat -- "$identity/hosts" || return 1
+      cat -- "$identity/hosts" || ok=1
     fi
-  } | publish "$runtime/hosts"
+  } | publish "$runtime/hosts" || ok=1
+  return "$ok"
+}
+
+# The disk holds the private host key: unmount it however the script ends.
+release_source() {
+  local source=$1
+  # A mount point sits on another device than its parent (mountpoint(1) is not in the initrd).
+  if [[ -d $source && $(stat -c %d -- "$source") != $(stat -c %d -- "$source/..") ]]; then
+    umount -- "$source" || log "failed to unmount ${source}"
+  fi
 }
 
 main() {
@@ -256,14 +293,21 @@ main() {
     echo "usage: identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF" >&2
     return 2
   fi
-  import_identity "$1" "$2" || {
+  local result=0
+  source_dir=$1
+  trap 'release_source "$source_dir"' EXIT
+  if ! import_identity "$1" "$2"; then
+    status="failed: could not write ${2}"
     log "failed to write ${2}; it may be incomplete"
-    return 1
-  }
-  prepare_runtime "$2" "$3" "$4" "$5" || {
+    result=1
+  fi
+  # The binds of /etc/resolv.conf and /etc/hosts need their sources whatever happened above.
+  if ! prepare_runtime "$2" "$3" "$4" "$5"; then
     log "failed to prepare ${3}"
-    return 1
-  }
+    result=1
+  fi
+  printf '%s\n' "$status" | publish "$3/identity-status" || result=1
+  return "$result"
 }
 
 main "$@"
