@@ -17,9 +17,12 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.cases import case_id, load
+from tests.cases.keys import Keys
 from tests.nix.nixeval import REPO
 
 IMPORT = REPO / "modules" / "identity-import.sh"
@@ -228,7 +231,7 @@ def test_a_new_identity_replaces_the_old_directory_whole(
         ("hostname", "Web_1\n", "hostname must be one hostname label"),
         ("hostname", "-web\n", "hostname must be one hostname label"),
         ("ssh_host_ed25519_key", "not a key\n", "is not an OpenSSH private key"),
-        ("ssh_host_ed25519_key.pub", "ssh-rsa AAAAB3Nza x\n", "must be an ssh-ed25519"),
+        ("ssh_host_ed25519_key.pub", "ssh-rsa AAAAB3Nza x\n", "not valid base64"),
         ("tcp_ports", "80\n70000\n", "tcp_ports line '70000'"),
         ("udp_ports", "0\n", "udp_ports line '0'"),
         ("tcp_ports", "80 443\n", "tcp_ports line '80 443'"),
@@ -236,7 +239,7 @@ def test_a_new_identity_replaces_the_old_directory_whole(
         ("hosts", "192.0.2.1\n", "needs at least one host name"),
         ("resolv.conf", "nameserver dns.example.org\n", "is not an IP address"),
         ("resolv.conf", "rm -rf /\n", "unknown keyword 'rm'"),
-        ("admin_authorized_keys", "hello world\n", "holds no public key"),
+        ("admin_authorized_keys", "hello world\n", "is not a public key line"),
         ("hosts", "192.0.2.1 db\r\n", "control character"),
         ("resolv.conf", b"nameserver 192.0.2.1\x00\n", "NUL byte"),
         ("user_authorized_keys", "#" * 65537, "identity files are limited to 65536"),
@@ -302,6 +305,18 @@ def test_resolv_conf_and_hosts_come_from_the_identity(guest: Guest, identity: di
     assert hosts.endswith(str(identity["hosts"]))
     for name in ("resolv.conf", "hosts"):
         assert stat.S_IMODE((guest.run_dir / name).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("case", load("identity"), ids=case_id)
+def test_identity_case_in_the_guest(
+    guest: Guest, identity: dict[str, bytes | str], host_key: tuple[bytes, bytes], case: dict[str, Any]
+) -> None:
+    """The shared table's verdict for the guest (tests/cases/identity.json), in a valid identity."""
+    keys = Keys(host_key[0].decode(), host_key[1].decode())
+    guest.write({**identity, case["file"]: keys.fill(case["text"])})
+    guest.boot()
+    verdict = "accept" if guest.status() == "imported\n" else "refuse"
+    assert verdict == case["guest"], f"{case['why']}: {guest.status()}"
 
 
 def assert_after_boot(guest: Guest, proc: subprocess.CompletedProcess[str]) -> None:
