@@ -319,6 +319,17 @@ def test_identity_case_in_the_guest(
     assert verdict == case["guest"], f"{case['why']}: {guest.status()}"
 
 
+def test_a_long_option_in_authorized_keys_is_read_whole(
+    guest: Guest, identity: dict[str, bytes | str], host_key: tuple[bytes, bytes]
+) -> None:
+    # Near the 64 KiB limit: the options are skipped by one regex, the key after them is checked.
+    line = b'command="' + b"x" * 60000 + b'" ' + host_key[1]
+    guest.write({**identity, "admin_authorized_keys": line})
+    guest.boot()
+    assert guest.status() == "imported\n"
+    assert guest.imported()["admin_authorized_keys"] == line.decode()
+
+
 def assert_after_boot(guest: Guest, proc: subprocess.CompletedProcess[str]) -> None:
     """What every path must leave: the disk unmounted and both /etc bind sources in /run/ivm."""
     assert "STILL MOUNTED" not in proc.stderr
