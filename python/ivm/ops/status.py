@@ -78,7 +78,8 @@ def current_bases(
         attr = settings.machine(name).image_attr
         if attr not in by_attr:
             try:
-                by_attr[attr] = store_hash(nix_out_path(settings.flake_ref(), attr, settings.nix))
+                out = nix_out_path(settings.flake_ref(), attr, settings.nix, settings.nix_account)
+                by_attr[attr] = store_hash(out)
             except ToolError as e:
                 log.debug("no drift from nix for %s: %s", attr, e)
                 by_attr[attr] = None
