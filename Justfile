@@ -22,7 +22,13 @@ OVMF_VARS := env("OVMF_VARS", "")
 # The tool runs where HOST_CMD puts it, so the nix it calls itself is NIX without that prefix.
 _tool_nix := trim(trim_start_match(trim(NIX), trim(HOST_CMD)))
 # Everything the tool reads, passed with `env` because sudo drops the caller's environment.
-_tool_env := "env " + quote("LIBVIRT_URI=" + LIBVIRT_URI) + " " + quote("OVMF_CODE=" + OVMF_CODE) + " " + quote("OVMF_VARS=" + OVMF_VARS) + " " + quote("NIX=" + _tool_nix) + (if env("IVM_POOL", "") == "" { "" } else { " " + quote("IVM_POOL=" + env("IVM_POOL")) }) + (if env("IVM_POOL_PATH", "") == "" { "" } else { " " + quote("IVM_POOL_PATH=" + env("IVM_POOL_PATH")) }) + (if env("IVM_VIRT_TYPE", "") == "" { "" } else { " " + quote("IVM_VIRT_TYPE=" + env("IVM_VIRT_TYPE")) }) + (if env("IVM_DEBUG", "") == "" { "" } else { " " + quote("IVM_DEBUG=" + env("IVM_DEBUG")) }) + (if env("SSH_AUTH_SOCK", "") == "" { "" } else { " " + quote("SSH_AUTH_SOCK=" + env("SSH_AUTH_SOCK")) })
+_tool_env := "env " + quote("LIBVIRT_URI=" + LIBVIRT_URI) + " " + quote("OVMF_CODE=" + OVMF_CODE) + " " + quote("OVMF_VARS=" + OVMF_VARS) + " " + quote("NIX=" + _tool_nix) + _if_set_pool + _if_set_pool_path + _if_set_virt_type + _if_set_debug + _if_set_agent
+_if_set_pool := if env("IVM_POOL", "") == "" { "" } else { " " + quote("IVM_POOL=" + env("IVM_POOL")) }
+_if_set_pool_path := if env("IVM_POOL_PATH", "") == "" { "" } else { " " + quote("IVM_POOL_PATH=" + env("IVM_POOL_PATH")) }
+_if_set_virt_type := if env("IVM_VIRT_TYPE", "") == "" { "" } else { " " + quote("IVM_VIRT_TYPE=" + env("IVM_VIRT_TYPE")) }
+_if_set_debug := if env("IVM_DEBUG", "") == "" { "" } else { " " + quote("IVM_DEBUG=" + env("IVM_DEBUG")) }
+# `ivm ssh` under sudo still reaches your ssh-agent.
+_if_set_agent := if env("SSH_AUTH_SOCK", "") == "" { "" } else { " " + quote("SSH_AUTH_SOCK=" + env("SSH_AUTH_SOCK")) }
 _project := quote(justfile_directory())
 # A shell function `tool ARGS…`: builds the tool and machines.json as you (once per recipe), then
 # runs `ivm --machines … ARGS…` on this project under HOST_CMD and SUDO.
