@@ -15,6 +15,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,9 @@ class Lab:
         return [line.split(" ", 4) for line in self.log.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def owner() -> Iterator[pwd.struct_passwd]:
+@contextmanager
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """A new unprivileged user (and its group), removed afterwards; skips where that is impossible."""
     if os.geteuid() != 0 or shutil.which("useradd") is None:
         pytest.skip("needs root and useradd (a throwaway user owns the project)")
     name = f"ivmt{secrets.token_hex(4)}"
@@ -114,6 +116,12 @@ def owner() -> Iterator[pwd.struct_passwd]:
         yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def owner() -> Iterator[pwd.struct_passwd]:
+    with throwaway_user() as user:
+        yield user
 
 
 @pytest.fixture
