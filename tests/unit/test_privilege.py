@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ivm.privilege import hand_over, make_dirs, owner_account
+from ivm.privilege import Account, hand_over, make_dirs, owner_account
+from ivm.run import run
 from tests.conftest import machine_entry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -288,3 +289,18 @@ def test_as_non_root_nothing_is_handed_over(tmp_path: Path) -> None:
     f.write_text("x")
     hand_over(f, target)  # same owner: nothing to do, no error
     assert target.is_dir() and f.stat().st_uid == os.geteuid()
+
+
+def test_nix_missing_from_roots_path_is_found_in_the_owners_profile(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sudo's secure_path has no Nix on most distributions; the owner's profile has it."""
+    profile = lab.owners_home / ".nix-profile" / "bin"
+    profile.mkdir(parents=True)
+    shutil.copy(Path(lab.path.split(":")[0]) / "nix", profile / "nix")
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    account = Account(lab.owner.pw_name, lab.owner.pw_uid, lab.owner.pw_gid, str(lab.owners_home), ())
+    out = run(["nix", "eval", "--raw", f"{lab.project}#image-web1.outPath"], package="Nix", as_user=account)
+    assert out.startswith("/nix/store/")
+    ((uid, _, home, _, _),) = lab.nix_calls()
+    assert (int(uid), home) == (lab.owner.pw_uid, str(lab.owners_home))
