@@ -102,14 +102,14 @@ def test_ext_uri_in_machines_json_runs_nothing_on_list(
     assert not mark.exists()
 
 
-@pytest.mark.parametrize("where", ["--connect", "LIBVIRT_URI"])
+@pytest.mark.parametrize("where", ["--connect", "LIBVIRT_URI", "LIBVIRT_DEFAULT_URI"])
 def test_ext_uri_from_the_command_line_or_environment_runs_nothing(
     project: Project, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     pwn, mark = evil_program(project)
     uri = f"qemu+ext:///system?command={pwn}"
-    if where == "LIBVIRT_URI":
-        monkeypatch.setenv("LIBVIRT_URI", uri)
+    if where != "--connect":
+        monkeypatch.setenv(where, uri)
     r = run_cli("list", uri=uri if where == "--connect" else "")
     assert r.exit_code == 2, r.output
     assert f"ivm: error: {where} '{uri}' is refused: the ext transport runs a program" in r.stderr
