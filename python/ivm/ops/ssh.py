@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from ivm.machines import NetworkType
 from ivm.names import check_vm_name
 from ivm.ops.session import open_hypervisor
 from ivm.run import find_tool
+from ivm.runtime_dir import file_name, runtime_dir
 
 
 def known_hosts_line(alias: str, public_key: str) -> str:
@@ -62,12 +61,6 @@ def ssh_config_path(path: Path) -> str:
     return '"' + text.replace("%", "%%") + '"'
 
 
-def known_hosts_path(uri: str, name: str) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ivm" / "known_hosts"
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return cache / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{name}"
-
-
 def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
     """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
     check_vm_name(name)
@@ -92,10 +85,9 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
             "wait for the guest to boot, or check its network",
         )
     alias = f"ivm-{name}"
-    path = known_hosts_path(uri, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(known_hosts_line(alias, identity.host_public_key))
+    with runtime_dir() as directory:  # rewritten each time: the identity's key is the only truth
+        line = known_hosts_line(alias, identity.host_public_key)
+        path = directory.write(file_name(uri, name, ".known_hosts"), line.encode())
     argv = ssh_argv(alias, found[0], user, path, command)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv
