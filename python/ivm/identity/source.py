@@ -53,7 +53,21 @@ class Identity:
 
 
 def machine_dir(root: Path, name: str) -> Path:
-    return root / "machines" / name
+    """machines/<name>, refused if it is a symlink: a committed `machines/web1 -> web2` would hand
+    web2's host key and machine-id to web1. Every command that reads a machine folder comes here."""
+    path = root / "machines" / name
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{path} is not a directory but a symbolic link",
+            "make it a plain folder holding this machine's own identity files",
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{path} is not a directory", "make it a plain folder holding the identity files")
+    return path
 
 
 def load_identity(directory: Path, hostname: str | None = None, generate: bool = True) -> Identity:
