@@ -104,7 +104,7 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
         raise UsageError(
             f"{directory} is not a directory", "make it a plain folder holding the identity files"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_folder(directory)
     made: list[Name] = []
     if not _exists(directory / Name.MACHINE_ID):
         _write_new(directory / Name.MACHINE_ID, f"{secrets.token_hex(16)}\n".encode(), 0o644)
@@ -132,6 +132,22 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
             _write_new(pub, f"{public.line()}\n".encode(), 0o644)
             made.append(Name.HOST_KEY_PUB)
     return made
+
+
+def _make_folder(directory: Path) -> None:
+    """Create the machine folder (and missing parents) 0755 whatever the umask: it holds public
+    files, and the private key in it is 0600 itself. An existing folder keeps its mode."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            continue
+        path.chmod(0o755)
 
 
 def _generate_host_key(directory: Path, comment_host: str) -> None:
