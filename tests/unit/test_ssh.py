@@ -172,12 +172,14 @@ def test_ssh_overrides_what_the_users_config_would_forward(hostile_user_config: 
 def ssh_world(project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """`ivm ssh web1` up to the exec of ssh, with the domain replaced by a FakeDomain."""
     generate_missing(project.machine_dir("web1"), "web1")
-    world: dict[str, Any] = {"dom": None, "exec": None}
+    # root's runtime directory is RUN_ROOT/ivm, anyone else's $XDG_RUNTIME_DIR/ivm: the same here
+    world: dict[str, Any] = {"dom": None, "exec": None, "rundir": tmp_path / "run" / "ivm"}
     monkeypatch.setattr(Domains, "lookup", lambda self, name: world["dom"])
     monkeypatch.setattr(Domains, "state", lambda self, dom: State.RUNNING)
     monkeypatch.setattr("ivm.cli.fleet.os.execv", lambda path, argv: world.update(exec=argv))
+    monkeypatch.setattr("ivm.runtime_dir.RUN_ROOT", tmp_path / "run")  # root's known_hosts go here
+    monkeypatch.setattr("ivm.runtime_dir.TMP_ROOT", tmp_path / "tmp")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "run").mkdir(mode=0o700)
     return world
 
@@ -198,6 +200,9 @@ def test_ivm_ssh_passes_the_address_after_the_options(run_cli: RunCli, ssh_world
     assert r.exit_code == 0, r.output
     argv = ssh_world["exec"]
     assert argv[-3:] == ["--", "192.0.2.5", "uptime"]
+    known_hosts = next(a.split("=", 1)[1].strip('"') for a in argv if a.startswith("UserKnownHostsFile="))
+    assert Path(known_hosts).parent == ssh_world["rundir"]
+    assert Path(known_hosts).read_text().startswith("ivm-web1 ssh-ed25519 ")
     assert not any(ATTACK in a for a in argv)
 
 
