@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ivm.errors import ToolError
 
@@ -103,7 +104,7 @@ def runtime_dir() -> Iterator[RuntimeDir]:
             os.close(fd)
         return
     raise ToolError(
-        f"no directory for ivm's locks can be made ({'; '.join(reasons)})",
+        f"ivm has no runtime directory for its locks ({'; '.join(reasons)})",
         "set XDG_RUNTIME_DIR to an existing directory only you can write",
     )
 
@@ -140,7 +141,7 @@ def open_private_dir(path: Path) -> int:
     return fd
 
 
-def _refuse(path: Path, why: str) -> None:
+def _refuse(path: Path, why: str) -> NoReturn:
     raise ToolError(
         f"refusing to use {path}: it {why}",
         "remove it: another user may have made it; ivm then makes its own, private one",
