@@ -215,3 +215,10 @@ def test_ivm_ssh_on_a_machine_without_network_says_so(
     assert r.exit_code == 1, r.output
     assert "web1 has no network" in r.output and "wait for the guest" not in r.output
     assert "ivm console web1" in r.output
+
+
+def test_addresses_of_a_test_driver_domain(test_driver: Any) -> None:
+    # libvirt's own answer and XML (not a fake): its demo domain's NIC and the address it leases.
+    dom = test_driver.lookupByName("test")
+    assert interface_macs(dom.XMLDesc(0)) == {"aa:bb:cc:dd:ee:ff"}
+    assert addresses(dom) == ["192.168.122.3"]
