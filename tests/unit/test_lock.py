@@ -19,6 +19,7 @@ import pytest
 from ivm.errors import ToolError
 from ivm.lock import holder_of, resource_lock
 from ivm.runtime_dir import file_name, uri_tag
+from tests.conftest import RunCli
 
 URI = "qemu:///system"
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
@@ -269,3 +270,17 @@ def test_as_root_the_locks_live_in_run_ivm_and_planted_links_are_refused() -> No
     assert lines[4] == "refused 1"
     assert lines[5].startswith("ivm: error: refusing to use /run/ivm: it is a symbolic link")
     assert lines[6:] == ["refused 1", "precious"]
+
+
+def test_the_cli_says_in_one_line_which_directory_and_what_to_set(
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ivm.runtime_dir.RUN_ROOT", tmp_path / "missing-run")
+    monkeypatch.setattr("ivm.runtime_dir.TMP_ROOT", tmp_path / "missing-tmp")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/homeless-shelter")
+    r = run_cli("start", "web1", uri="qemu:///system")  # the lock comes before any connection
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ivm: error: ivm has no runtime directory for its locks (")
+    assert "missing-" in lines[0] and "set XDG_RUNTIME_DIR" in lines[0]
+    assert "Traceback" not in r.output
