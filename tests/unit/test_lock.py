@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from ivm.errors import ToolError
 from ivm.lock import holder_of, resource_lock
 from ivm.runtime_dir import file_name, uri_tag
 from tests.conftest import RunCli
+from tests.unit.test_privilege import throwaway_user
 
 URI = "qemu:///system"
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
@@ -160,22 +160,13 @@ LOCK_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture
-def throwaway_user() -> Iterator[tuple[int, int]]:
-    """A system user made for this test (uid, gid), deleted with its /tmp/ivm-UID afterwards."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd")
-    name = f"ivmt{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name], check=True)
-    try:
-        out = subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True).stdout
-        gid = subprocess.run(["id", "-g", name], capture_output=True, text=True, check=True).stdout
-        uid = int(out)
+def homeless_user() -> Iterator[tuple[int, int]]:
+    """A throwaway user (uid, gid), deleted with its /tmp/ivm-UID afterwards."""
+    with throwaway_user() as user:
         try:
-            yield uid, int(gid)
+            yield user.pw_uid, user.pw_gid
         finally:
-            shutil.rmtree(f"/tmp/ivm-{uid}", ignore_errors=True)
-    finally:
-        subprocess.run(["userdel", name], check=False)
+            shutil.rmtree(f"/tmp/ivm-{user.pw_uid}", ignore_errors=True)
 
 
 def run_as(uid: int, gid: int, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -193,9 +184,9 @@ def system_python() -> str:
     pytest.skip("no system python")
 
 
-def test_a_homeless_build_user_falls_back_to_a_private_tmp_dir(throwaway_user: tuple[int, int]) -> None:
+def test_a_homeless_build_user_falls_back_to_a_private_tmp_dir(homeless_user: tuple[int, int]) -> None:
     # The Nix build sandbox: HOME does not exist, no XDG_RUNTIME_DIR, not root.
-    uid, gid = throwaway_user
+    uid, gid = homeless_user
     r = run_as(
         uid, gid, [system_python(), "-c", LOCK_SCRIPT, f"/tmp/ivm-{uid}"], {"HOME": "/homeless-shelter"}
     )
@@ -205,8 +196,8 @@ def test_a_homeless_build_user_falls_back_to_a_private_tmp_dir(throwaway_user: t
     assert (info.st_uid, info.st_mode & 0o777) == (uid, 0o700)
 
 
-def test_a_tmp_dir_planted_by_another_user_is_refused(throwaway_user: tuple[int, int]) -> None:
-    uid, gid = throwaway_user
+def test_a_tmp_dir_planted_by_another_user_is_refused(homeless_user: tuple[int, int]) -> None:
+    uid, gid = homeless_user
     planted = Path(f"/tmp/ivm-{uid}")
     planted.mkdir(mode=0o777)  # made by someone else (root here) before the user's first run
     planted.chmod(0o777)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ivm.errors import UsageError
 from ivm.identity.rules import MAX_FILE_BYTES, RULE, RULES, Name, Rule, check_file
 from ivm.identity.sshkey import parse_private_ed25519, parse_public_key
+from ivm.privilege import hand_over, make_dirs
 from ivm.run import run
 
 
@@ -135,19 +136,13 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
 
 
 def _make_folder(directory: Path) -> None:
-    """Create the machine folder (and missing parents) 0755 whatever the umask: it holds public
-    files, and the private key in it is 0600 itself. An existing folder keeps its mode."""
-    missing = []
-    for path in (directory, *directory.parents):
-        if path.is_dir():
-            break
-        missing.append(path)
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o755)
-        except FileExistsError:
-            continue
-        path.chmod(0o755)
+    """Create the machine folder (and missing parents) 0755 whatever the user's umask: it holds
+    public files, and the private key in it is 0600 itself. An existing folder keeps its mode."""
+    old = os.umask(0o022)  # make_dirs creates with 0777 & ~umask
+    try:
+        make_dirs(directory)
+    finally:
+        os.umask(old)
 
 
 def _generate_host_key(directory: Path, comment_host: str) -> None:
@@ -162,6 +157,8 @@ def _generate_host_key(directory: Path, comment_host: str) -> None:
         )
         target.chmod(0o600)
         Path(f"{target}.pub").chmod(0o644)
+        hand_over(target, directory)
+        hand_over(Path(f"{target}.pub"), directory)
         target.rename(directory / Name.HOST_KEY)
         Path(f"{target}.pub").rename(directory / Name.HOST_KEY_PUB)
 
@@ -217,6 +214,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        hand_over(fd, path.parent)
         os.write(fd, data)
         os.fsync(fd)
     finally:
