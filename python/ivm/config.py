@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,24 @@ from ivm.privilege import Account, owner_account
 from ivm.volumes import DEFAULT_POOL
 
 DEFAULT_URI = "qemu:///system"
+
+
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_pool(pool: str, pool_path: str | None) -> None:
+    """IVM_POOL names a folder too (the default path) and IVM_POOL_PATH goes to the daemon as is."""
+    if not POOL_NAME_RE.fullmatch(pool):
+        raise UsageError(
+            f"IVM_POOL {pool!r} is not a usable pool name",
+            "use letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit",
+        )
+    if pool_path is not None and not pool_path.startswith("/"):
+        raise UsageError(
+            f"IVM_POOL_PATH {pool_path!r} is not an absolute path",
+            "give the full path of the pool's directory on the hypervisor, e.g. /var/lib/libvirt/images/"
+            + pool,
+        )
 
 
 def find_root(start: Path) -> Path | None:
@@ -56,6 +75,7 @@ class Settings:
             "nix": env.get("NIX") or "nix",
         }
         values.update({k: v for k, v in given.items() if v is not None})
+        check_pool(str(values["pool"]), values["pool_path"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def uri_for(self, machine: Machine | None) -> str:
@@ -74,7 +94,7 @@ class Settings:
         return owner_account(root) if root is not None else None
 
     def pool_path_for(self, uri: str) -> str:
-        return self.pool_path or default_pool_path(uri)
+        return self.pool_path or default_pool_path(uri, self.pool)
 
     @cached_property
     def project_root(self) -> Path:
