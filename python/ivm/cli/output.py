@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -15,9 +16,15 @@ from ivm.ops import provision
 from ivm.ops import status as status_ops
 
 
-def print_create(r: provision.CreateResult) -> None:
+def print_create(r: provision.CreateResult, image: Path | None = None) -> None:
     for name in r.generated:
         click.echo(f"{r.name}: generated {name}")
+    if r.asked:
+        click.echo(
+            f"{r.name}: runs base {r.base[:12]}, not --image's base {r.asked[:12]}; left as it is. "
+            f"Move it there (its /var is kept) with: ivm upgrade {r.name} --image {image}"
+        )
+        return
     if r.already_existed:
         click.echo(f"{r.name}: already created on base {r.base[:12]}; nothing to do")
         return

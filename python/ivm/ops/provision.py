@@ -40,6 +40,7 @@ class CreateResult:
     created: tuple[str, ...]
     kept: tuple[str, ...]
     generated: tuple[str, ...]
+    asked: str | None = None  # the base --image asked for, when the VM already runs another
 
     @property
     def already_existed(self) -> bool:
@@ -66,7 +67,9 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
     identity = load_identity(directory, s.name, generate=False)  # all checked before any change
     current = boot_base(s.hv, vols.boot)
     if current and is_complete(s.hv, vols.identity, "ext4") and s.hv.storage.volume(vols.var):
-        return CreateResult(s.name, current, (), vols.all(), generated)
+        # create never moves a complete VM to another base: that is upgrade's job (it stops the VM).
+        asked = inspect(image_file(image)).hash if image is not None else None
+        return CreateResult(s.name, current, (), vols.all(), generated, asked if asked != current else None)
 
     base = resolve_image(s, image)
     s.hv.storage.ensure()
