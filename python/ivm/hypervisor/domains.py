@@ -49,6 +49,14 @@ class Domains:
                 return None
             raise translate(e, f"looking up domain {name}") from None
 
+    def name_by_uuid(self, uuid: str) -> str | None:
+        try:
+            return str(self.conn.lookupByUUIDString(uuid).name())
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(e, f"looking up the domain with UUID {uuid}") from None
+
     def all(self) -> list[Any]:
         with libvirt_errors("listing domains"):
             return list(self.conn.listAllDomains(0))
