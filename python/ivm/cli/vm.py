@@ -128,6 +128,7 @@ def console(settings: Settings, name: str) -> None:
     check_vm_name(name)
     uri = settings.uri_for(settings.machine(name))
     virsh = find_tool("virsh", "the libvirt client (Debian: libvirt-clients)")
+    power.check_console(settings, name, uri)  # ivm's own one-line errors, before virsh takes over
     os.execv(virsh, ["virsh", "-c", uri, "console", name])  # noqa: S606 -- hand the terminal to virsh
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, require
 from ivm.ops.define import created_base
-from ivm.ops.session import VmSession
+from ivm.ops.session import VmSession, open_hypervisor
 
 
 def start(s: VmSession) -> bool:
@@ -38,3 +39,12 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
         )
     s.hv.domains.power_off(dom)
     return "forced"
+
+
+def check_console(settings: Settings, name: str, uri: str) -> None:
+    """The connection works and NAME runs: otherwise virsh would print libvirt's raw errors."""
+    with open_hypervisor(settings, uri) as hv:
+        dom = require(hv.domains.lookup(name), name)
+        state = hv.domains.state(dom)
+    if state is not State.RUNNING:
+        raise ToolError(f"{name} is {state}: it has no console to attach to", f"start it: ivm start {name}")

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ivm.config import Settings
-from ivm.errors import ToolError
+from ivm.errors import ToolError, UsageError
 from ivm.hypervisor.domains import State, addresses, require
 from ivm.identity.source import load_identity, machine_dir
+from ivm.machines import NetworkType
 from ivm.names import check_vm_name
 from ivm.ops.session import open_hypervisor
 from ivm.run import find_tool
@@ -46,7 +47,13 @@ def known_hosts_path(uri: str, name: str) -> Path:
 def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
     """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
     check_vm_name(name)
-    uri = settings.uri_for(settings.machine(name))
+    machine = settings.machine(name)
+    if machine.network.type is NetworkType.NONE:
+        raise UsageError(
+            f"{name} has no network (network type none), so there is nothing to ssh to",
+            f"use its serial console: ivm console {name}; or give it a network in its meta.nix",
+        )
+    uri = settings.uri_for(machine)
     identity = load_identity(machine_dir(settings.project_root, name), name, generate=False)
     with open_hypervisor(settings, uri) as hv:
         dom = require(hv.domains.lookup(name), name)
