@@ -35,5 +35,5 @@ def test_the_cli_reads_libvirt_default_uri(run_cli: RunCli, monkeypatch: pytest.
     r = run_cli("start", "web1", uri="")
     assert r.exit_code == 1 and "web1 is not defined" in r.stderr, r.stderr
     monkeypatch.setenv("LIBVIRT_URI", "bogus+unix:///nowhere")
-    r = run_cli("start", "web1", uri="")
-    assert r.exit_code == 1 and "cannot connect to libvirt at bogus+unix:///nowhere" in r.stderr, r.stderr
+    r = run_cli("start", "web1", uri="")  # a URI no driver takes: bad input, exit 2
+    assert r.exit_code == 2 and "cannot connect to libvirt at bogus+unix:///nowhere" in r.stderr, r.stderr

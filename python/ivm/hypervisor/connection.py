@@ -58,7 +58,7 @@ def _cannot_connect(uri: str | None, message: str) -> ToolError:
     lowered = message.lower()
     if "unexpected qemu uri path" in lowered or "no connection driver available" in lowered:
         return UsageError(
-            f"{target} is not a libvirt URI this host understands: {message}",
+            f"cannot connect to libvirt at {target}: not a URI this host understands ({message})",
             "check its spelling (qemu:///system, qemu:///session, qemu+ssh://HOST/system) in --connect, "
             "LIBVIRT_URI, LIBVIRT_DEFAULT_URI or the machine's libvirt_uri",
         )
