@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,16 +61,30 @@ def print_status(rows: list[status_ops.VmStatus], as_json: bool, detail: bool) -
             disks = " ".join(f"{v}{'' if ok else ' (missing)'}" for v, ok in r.volumes.items())
             used = _size(r.var_used_bytes) if r.var_used_bytes is not None else "-"
             total = _size(r.var_size_bytes) if r.var_size_bytes is not None else "-"
-            line += f"  var {used}/{total}  {r.uri}\n{'':<{width}}  {disks}"
+            line += f"  var {used}/{total}  {r.uri}"
+            line += f"\n{'':<{width}}  {_drift(r)}; previous base {(r.previous_base or '-')[:12]}"
+            line += f"\n{'':<{width}}  {disks}"
         click.echo(line)
 
 
+def _drift(r: status_ops.VmStatus) -> str:
+    if r.behind is None:
+        return "behind: unknown (no current build known)"
+    if r.behind:
+        return f"behind: yes, current build is base {(r.current_base or '-')[:12]} (ivm upgrade {r.name})"
+    return "behind: no"
+
+
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n //= 1024
-    return f"{n} TiB"
+    """Bytes in binary units with one decimal, rounded up: a little used never reads as 0."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{math.ceil(value * 10) / 10:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @contextmanager
