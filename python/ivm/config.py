@@ -99,9 +99,12 @@ class Settings:
     @cached_property
     def project_root(self) -> Path:
         root = self.root or find_root(Path.cwd())
+        if root is None and self.machines_file is not None:
+            # Without Nix there is no flake.nix: the project is the folder holding machines.json.
+            root = self.machines_file.resolve().parent
         if root is None:
             raise UsageError(
-                "no project found: no flake.nix in this directory or above",
+                "no project found: no flake.nix in this directory or above, and no machines file",
                 "run ivm inside the project, or pass --root DIR (the folder holding machines/)",
             )
         return root
