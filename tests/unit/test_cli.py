@@ -224,10 +224,3 @@ def test_console_says_what_is_wrong_before_virsh(
         assert r.exit_code == 1 and "ivm start cli-console" in one_error_line(r.stderr)
     finally:
         test_driver.lookupByName("cli-console").undefine()
-
-
-def test_ssh_to_a_machine_without_network_says_so(run_cli: RunCli, project: Project) -> None:
-    project.write_machines({"cli-nonet": machine_entry(network={"type": "none"})})
-    r = run_cli("ssh", "cli-nonet")
-    line = one_error_line(r.stderr)
-    assert r.exit_code == 2 and "has no network" in line and "ivm console cli-nonet" in line
