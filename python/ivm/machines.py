@@ -68,6 +68,19 @@ _FIELDS = (
 )
 
 
+def defaults(name: str) -> dict[str, Any]:
+    """The fields a machine may leave out, with the values nix/machine-meta.nix gives them."""
+    return {
+        "vcpus": 2,
+        "memory_mib": 2048,
+        "var_size_gib": 20,
+        "network": {"type": "network", "name": "default"},
+        "mac": None,
+        "libvirt_uri": None,
+        "image_attr": f"image-{name}",
+    }
+
+
 def load_machines(path: Path) -> Mapping[str, Machine]:
     """Read and validate a machines.json file."""
     try:
@@ -75,12 +88,13 @@ def load_machines(path: Path) -> Mapping[str, Machine]:
     except FileNotFoundError:
         raise UsageError(
             f"machines file {path} does not exist",
-            "pass --machines FILE or set IVM_MACHINES (`nix build .#machines-json` makes one)",
+            "pass --machines FILE or set IVM_MACHINES (with Nix, `nix build .#machines-json` makes "
+            "one, or write one by hand like docs/machines.example.json)",
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(
             f"cannot read machines file {path}: {e}",
-            "pass a UTF-8 JSON file made by `nix build .#machines-json`",
+            "pass a UTF-8 JSON file (made by `nix build .#machines-json`, or written by hand)",
         ) from None
     return parse_machines(text, source=str(path))
 
@@ -92,7 +106,7 @@ def parse_machines(text: str, source: str = "machines.json") -> Mapping[str, Mac
     except json.JSONDecodeError as e:
         raise UsageError(
             f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-            "regenerate it with `nix build .#machines-json`",
+            "fix the file if you wrote it; with Nix, regenerate it with `nix build .#machines-json`",
         ) from None
     if not isinstance(doc, dict):
         _bad(source, "", "must be a JSON object")
@@ -116,9 +130,9 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
     if not isinstance(entry, dict):
         _bad(source, at, "must be an object")
     _no_extra(source, at, entry, set(_FIELDS))
-    for field in _FIELDS:
-        if field not in entry:
-            _bad(source, f"{at}.{field}", "is missing")
+    if "system" not in entry:
+        _bad(source, f"{at}.system", f"is missing (one of {', '.join(sorted(SYSTEMS))})")
+    entry = {**defaults(name), **entry}  # what meta.nix defaults, a hand-written file may leave out
     system = entry["system"]
     if not isinstance(system, str) or system not in SYSTEMS:
         _bad(source, f"{at}.system", f"must be one of {', '.join(sorted(SYSTEMS))}, not {system!r}")
@@ -197,7 +211,10 @@ def _no_extra(source: str, at: str, obj: dict[str, Any], allowed: set[str]) -> N
 
 def _bad(source: str, at: str, problem: str) -> NoReturn:
     where = f"{source}: {at}" if at else source
-    raise UsageError(f"{where} {problem}", "fix machines/<name>/meta.nix and rebuild machines.json")
+    raise UsageError(
+        f"{where} {problem}",
+        "fix it in the file if you wrote it, else in machines/<name>/meta.nix and rebuild machines.json",
+    )
 
 
 def get_machine(machines: Mapping[str, Machine], name: str) -> Machine:
@@ -208,5 +225,6 @@ def get_machine(machines: Mapping[str, Machine], name: str) -> Machine:
         known = ", ".join(sorted(machines)) or "none"
         raise UsageError(
             f"unknown machine {name!r} (known: {known})",
-            f"add machines/{name}/meta.nix and default.nix to the flake, or check the spelling",
+            f"check the spelling, or add {name} to machines.json "
+            f"(with Nix: machines/{name}/meta.nix and default.nix)",
         ) from None

@@ -77,6 +77,7 @@ def test_gc_removes_exactly_the_unreferenced_bases(fleet: Fleet, images: Images,
     fleet.ivm("destroy", gone, "--delete-data")
     dry = fleet.ivm("gc", "--dry-run")
     assert dry.stdout.count("would delete base-") == 1 and len(fleet.volumes()) == len(before) + 3
+    assert f"({keep} runs it;" in dry.stdout and f"({keep}'s previous base, for rollback)" in dry.stdout
     fleet.ivm("gc")
     after = [v for v in fleet.volumes() if v.startswith("base-")]
     assert len(after) == 2 and set(after) < set(before)

@@ -108,6 +108,8 @@ def gc(settings: Settings, dry_run: bool) -> None:
             click.echo(f"{r.uri}: {verb} {name}")
         for name in r.busy:
             click.echo(f"{r.uri}: skipped {name} (being imported right now)")
+        for name in r.kept:
+            click.echo(f"{r.uri}: keeps {name} ({r.reason(name)})")
         click.echo(f"{r.uri}: {len(r.kept)} base(s) in use, {len(r.deleted)} {verb}")
 
 

@@ -44,7 +44,7 @@ def create(settings: Settings, name: str, image: Path | None) -> None:
     Running it again finishes an interrupted run; on a complete VM it changes nothing.
     """
     with vm_session(settings, name) as s:
-        output.print_create(provision.create(s, image, output.progress))
+        output.print_create(provision.create(s, image, output.progress), image)
 
 
 @cli.command()
@@ -82,7 +82,7 @@ def start(settings: Settings, name: str) -> None:
 def up(settings: Settings, name: str, image: Path | None) -> None:
     """Build, create, define and start NAME: the one command for a new VM. Safe to repeat."""
     with vm_session(settings, name) as s:
-        output.print_create(provision.create(s, image, output.progress))
+        output.print_create(provision.create(s, image, output.progress), image)
         output.print_define(define_ops.define(s))
         click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
 
@@ -129,6 +129,7 @@ def console(settings: Settings, name: str) -> None:
     check_vm_name(name)
     uri = settings.uri_for(settings.machine(name))
     virsh = find_tool("virsh", "the libvirt client (Debian: libvirt-clients)")
+    power.check_console(settings, name, uri)  # ivm's own one-line errors, before virsh takes over
     os.execv(virsh, ["virsh", "-c", uri, "console", name])  # noqa: S606 -- hand the terminal to virsh
 
 
