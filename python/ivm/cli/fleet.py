@@ -1,7 +1,8 @@
-"""Commands on the fleet: list, status, upgrade, rollback, gc, ssh."""
+"""Commands on the fleet: list, status, plan, upgrade, rollback, gc, ssh."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import gc as gc_ops
+from ivm.ops import observe
 from ivm.ops import ssh as ssh_ops
 from ivm.ops import status as status_ops
 from ivm.ops import upgrade as upgrade_ops
@@ -40,6 +42,44 @@ def status(
     the newest base in the pool that a VM of the same image runs)."""
     rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
     output.print_status(rows, as_json, detail=True)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "all_vms", is_flag=True, help="Every machine; also list orphaned domains.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@IMAGE_OPTION
+@click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_vms: bool,
+    as_json: bool,
+    image: Path | None,
+    no_eval: bool,
+) -> None:
+    """Show what `apply` would do to each VM, changing nothing.
+
+    Compares machines.json, the current build (--image's, else the flake's by `nix eval`) and the
+    identity files in machines/NAME/ with what each hypervisor has. Actions per VM: create,
+    import-base, upgrade, identity, define, redefine (a semantic comparison: what libvirt adds is
+    ignored), start. With --all, domains ivm defined in this pool whose machine is gone are listed
+    as orphans; nothing ever touches them unless asked.
+
+    Exit codes: 0 no changes, 3 changes pending, 1 a VM could not be planned, 2 invalid input.
+    """
+    result = observe.plan(ctx.obj, names, all_vms, image, evaluate=not no_eval)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        for vm in result.vms:
+            click.echo(vm.line())
+        for o in result.orphans:
+            state = "running" if o.running else "shut off"
+            click.echo(f"{o.name}: orphan on {o.uri} ({state}; its machine is gone), left alone")
+        click.echo(result.summary())
+    ctx.exit(result.exit_code())
 
 
 @cli.command()
