@@ -12,6 +12,7 @@ from ivm.cli import output
 from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
+from ivm.ops import apply as apply_ops
 from ivm.ops import gc as gc_ops
 from ivm.ops import observe
 from ivm.ops import ssh as ssh_ops
@@ -82,21 +83,85 @@ def plan(
     ctx.exit(result.exit_code())
 
 
+JOBS_OPTION = click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many VMs to work on at once (one libvirt connection per worker and hypervisor).",
+)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "all_vms", is_flag=True, help="Every machine.")
+@JOBS_OPTION
+@IMAGE_OPTION
+@click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@shutdown_options(120)
+@click.pass_obj
+def apply(
+    settings: Settings,
+    names: tuple[str, ...],
+    all_vms: bool,
+    jobs: int,
+    image: Path | None,
+    no_eval: bool,
+    force: bool,
+    timeout: float,
+) -> None:
+    """Carry out `ivm plan`: create, import, upgrade, rebuild identities, define, start.
+
+    Each VM is planned again under its lock, so a second `apply` (or one running at the same time)
+    finds nothing left to do and restarts nothing. A VM whose definition, base and identity are
+    unchanged is never restarted; one whose base, identity or definition changed is restarted if it
+    was running. Orphaned domains are never touched. One line per VM as it finishes, then a
+    summary; the exit code is 1 if any VM failed.
+    """
+    opts = apply_ops.ApplyOptions(image, force, timeout, output.progress if jobs == 1 else None)
+    outcomes = apply_ops.apply_fleet(
+        settings,
+        names,
+        all_vms,
+        opts,
+        jobs=jobs,
+        evaluate=not no_eval,
+        report=lambda o: click.echo(o.result.line() if o.result else f"{o.name}: failed: {o.error}"),
+    )
+    failed = sum(o.error is not None for o in outcomes)
+    changed = sum(bool(o.result and o.result.done) for o in outcomes)
+    click.echo(f"{changed} changed, {len(outcomes) - changed - failed} unchanged, {failed} failed")
+    if failed:
+        raise ToolError(
+            f"{failed} of {len(outcomes)} VMs failed to apply",
+            "fix what each line above says, then run `ivm apply` again",
+        )
+
+
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
+@JOBS_OPTION
 @IMAGE_OPTION
 @shutdown_options(120)
 @click.pass_obj
 def upgrade(
-    settings: Settings, names: tuple[str, ...], all_vms: bool, image: Path | None, force: bool, timeout: float
+    settings: Settings,
+    names: tuple[str, ...],
+    all_vms: bool,
+    jobs: int,
+    image: Path | None,
+    force: bool,
+    timeout: float,
 ) -> None:
     """Move VMs to the current build, keeping their /var.
 
     For each VM: import the new base if it is new, shut the VM down, make a fresh boot overlay on
     the new base, rebuild the identity disk from machines/NAME/, redefine, and start it again if it
-    was running. A VM already on the current base with an unchanged identity is left alone. One
-    VM's failure does not stop the others; the exit code is 1 if any failed.
+    was running. A VM already on the current base with an unchanged identity is left alone. Up to
+    --jobs VMs at a time, a line for each as it finishes. One VM's failure does not stop the
+    others; the exit code is 1 if any failed.
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs to upgrade, or pass --all")
@@ -109,6 +174,7 @@ def upgrade(
         timeout=timeout,
         report=click.echo,
         progress=output.progress,
+        jobs=jobs,
     )
     click.echo(result.summary())
     if result.failures:

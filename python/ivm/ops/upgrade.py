@@ -9,6 +9,7 @@ base for rollback), start again if it was running. The var disk is never touched
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from ivm.ops.provision import (
     vm_identity,
     write_identity_disk,
 )
-from ivm.ops.session import VmSession, vm_session
+from ivm.ops.session import VmSession
+from ivm.ops.workers import Outcome, for_each_vm
 from ivm.volumes import base_volume
 
 log = logging.getLogger("ivm.upgrade")
@@ -147,36 +149,55 @@ def upgrade_fleet(
     timeout: float,
     report: Callable[[str], None],
     progress: ProgressFactory | None = None,
+    jobs: int = 1,
 ) -> FleetResult:
-    """Upgrade each VM in turn, each under its own lock; one VM's failure does not stop the rest."""
+    """Upgrade each VM under its own lock, up to `jobs` at a time; one VM's failure does not stop
+    the rest."""
     wanted = [check_vm_name(n) for n in names] or sorted(settings.machines)
     for n in wanted:
         settings.machine(n)  # unknown names are usage errors before anything changes
-    builds: dict[str, BaseImage | ToolError] = {}  # one build (or failure) per image
-    results: list[UpgradeResult] = []
-    failures: list[tuple[str, str]] = []
+    builds = Builds(image)
     skipped: list[str] = []
-    for name in wanted:
-        try:
-            with vm_session(settings, name) as s:
-                if all_created and s.hv.storage.volume(s.volumes.boot) is None:
-                    skipped.append(name)
-                    continue
-                key = str(image) if image else s.machine.image_attr
-                if key not in builds:
-                    try:
-                        builds[key] = resolve_image(s, image)
-                    except ToolError as e:
-                        builds[key] = e
-                built = builds[key]
-                if isinstance(built, ToolError):
-                    raise built
-                import_base(s.hv, built, progress)
-                result = move_to_base(s, built.hash, force=force, timeout=timeout)
-        except ToolError as e:
-            failures.append((name, str(e)))
-            report(f"{name}: failed: {e}")
-            continue
-        results.append(result)
-        report(result.line())
-    return FleetResult(tuple(results), tuple(failures), tuple(skipped))
+
+    def one(s: VmSession) -> UpgradeResult | None:
+        if all_created and s.hv.storage.volume(s.volumes.boot) is None:
+            skipped.append(s.name)
+            return None
+        built = builds.get(s)
+        import_base(s.hv, built, progress if jobs == 1 else None)
+        return move_to_base(s, built.hash, force=force, timeout=timeout)
+
+    def said(o: Outcome[UpgradeResult | None]) -> None:
+        if o.error is not None:
+            report(f"{o.name}: failed: {o.error}")
+        elif o.result is not None:
+            report(o.result.line())
+
+    outcomes = for_each_vm(settings, wanted, one, jobs=jobs, report=said)
+    return FleetResult(
+        tuple(o.result for o in outcomes if o.result is not None),
+        tuple((o.name, o.error) for o in outcomes if o.error is not None),
+        tuple(n for n in wanted if n in skipped),
+    )
+
+
+class Builds:
+    """One build (or its failure) per image for the whole run, shared by the worker threads."""
+
+    def __init__(self, image: Path | None):
+        self.image = image
+        self.done: dict[str, BaseImage | ToolError] = {}
+        self.guard = threading.Lock()
+
+    def get(self, s: VmSession) -> BaseImage:
+        key = str(self.image) if self.image else s.machine.image_attr
+        with self.guard:  # builds run one at a time: nix parallelises inside one build anyway
+            if key not in self.done:
+                try:
+                    self.done[key] = resolve_image(s, self.image)
+                except ToolError as e:
+                    self.done[key] = e
+            built = self.done[key]
+        if isinstance(built, ToolError):
+            raise built
+        return built
