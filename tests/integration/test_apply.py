@@ -39,9 +39,9 @@ def test_plan_apply_converge_and_leave_the_unchanged_running(
 ) -> None:
     image_a, image_b = (str(p) for p in staying)
     keep, ident, redef, new = (fleet.add(vm_name(p)) for p in ("keep", "ident", "redef", "new"))
-    for name in (keep, ident, redef):
-        fleet.ivm("create", name, "--image", image_a)
-        fleet.ivm("define", name)
+    r = fleet.ivm("create", keep, ident, redef, "--image", image_a, "--jobs", "2")
+    assert "3 created, 0 failed" in r.stdout
+    assert "3 defined, 0 failed" in fleet.ivm("define", keep, ident, redef).stdout
     fleet.ivm("start", keep)
     pid = qemu_pid(keep)
 

@@ -10,6 +10,7 @@ import click
 
 from ivm.cli import output
 from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.many import JOBS_OPTION
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import apply as apply_ops
@@ -81,16 +82,6 @@ def plan(
             click.echo(f"{o.name}: orphan on {o.uri} ({state}; its machine is gone), left alone")
         click.echo(result.summary())
     ctx.exit(result.exit_code())
-
-
-JOBS_OPTION = click.option(
-    "--jobs",
-    "-j",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="How many VMs to work on at once (one libvirt connection per worker and hypervisor).",
-)
 
 
 @cli.command()

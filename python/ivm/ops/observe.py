@@ -28,7 +28,7 @@ def select(settings: Settings, names: Sequence[str], all_vms: bool) -> list[str]
     """The VMs a fleet command works on: the named ones (each a known machine) or, with --all,
     every machine; naming none without --all, or both, is a usage error."""
     if bool(names) == all_vms:
-        raise UsageError("name the VMs, or pass --all", "e.g. `ivm plan web1 web2` or `ivm plan --all`")
+        raise UsageError("name the VMs, or pass --all", "e.g. `web1 web2`, or `--all` for every machine")
     wanted = list(dict.fromkeys(check_vm_name(n) for n in names)) or sorted(settings.machines)
     for n in wanted:
         settings.machine(n)  # unknown names fail here, before anything is read or changed
