@@ -134,6 +134,28 @@ def apply(
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
 @JOBS_OPTION
+@click.option(
+    "--canary",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Upgrade N VMs first and wait for them to be healthy before the rest go in batches of --jobs.",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Stop before the next wave once this many VMs were rolled back.",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a restarted VM has to show it is healthy; 0 skips the check.",
+)
 @IMAGE_OPTION
 @shutdown_options(120)
 @click.pass_obj
@@ -142,6 +164,9 @@ def upgrade(
     names: tuple[str, ...],
     all_vms: bool,
     jobs: int,
+    canary: int,
+    max_failures: int,
+    health_timeout: float,
     image: Path | None,
     force: bool,
     timeout: float,
@@ -151,8 +176,14 @@ def upgrade(
     For each VM: import the new base if it is new, shut the VM down, make a fresh boot overlay on
     the new base, rebuild the identity disk from machines/NAME/, redefine, and start it again if it
     was running. A VM already on the current base with an unchanged identity is left alone. Up to
-    --jobs VMs at a time, a line for each as it finishes. One VM's failure does not stop the
-    others; the exit code is 1 if any failed.
+    --jobs VMs at a time, a line for each as it finishes. One VM's error does not stop the others.
+
+    A VM restarted on a new base must be healthy within --health-timeout: its QEMU guest agent
+    answers (over its virtio-serial channel, no network), and the machine's health_check from
+    meta.nix, if any, exits 0 in the guest. If not, it is put back on its previous base and started
+    (`rolled back: ...`), and after --max-failures such VMs the run stops before the next wave.
+    With --canary N the first N VMs form a wave of their own. The exit code is 1 if any VM failed
+    or was rolled back.
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs to upgrade, or pass --all")
@@ -165,9 +196,14 @@ def upgrade(
         timeout=timeout,
         report=click.echo,
         progress=output.progress,
-        jobs=jobs,
+        rollout=upgrade_ops.Rollout(jobs, canary, max_failures, health_timeout),
     )
     click.echo(result.summary())
+    if result.rolled_back:
+        raise ToolError(
+            f"{result.rolled_back} VM(s) were unhealthy on the new base and rolled back",
+            "fix the build (or the machine's health_check), then run the same command again",
+        )
     if result.failures:
         total = len(result.results) + len(result.failures)
         raise ToolError(

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ivm.config import Settings
@@ -24,6 +24,7 @@ from ivm.identity.disk import digest_in_superblock
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
 from ivm.ops.define import created_base, define
+from ivm.ops.health import wait_healthy
 from ivm.ops.provision import (
     HEADER,
     ProgressFactory,
@@ -49,8 +50,14 @@ class UpgradeResult:
     identity_rebuilt: bool
     restarted: bool
     downtime_s: float | None  # from shutdown complete to start issued
+    rolled_back: str | None = None  # why the new base was judged unhealthy; back on old_base
 
     def line(self) -> str:
+        if self.rolled_back:
+            return (
+                f"{self.name}: rolled back: {self.rolled_back} on base {self.new_base[:12]}; "
+                f"running on base {self.old_base[:12]} again"
+            )
         if not self.changed:
             return f"{self.name}: up to date on base {self.new_base[:12]}"
         what = (
@@ -126,17 +133,44 @@ def previous_base(s: VmSession) -> str:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """How a fleet upgrade proceeds: --jobs at a time, --canary VMs first, each restarted VM judged
+    healthy within --health-timeout (0: not judged), the run stopped at --max-failures rollbacks."""
+
+    jobs: int = 1
+    canary: int = 0
+    max_failures: int = 1
+    health_timeout: float = 0
+
+    def waves(self, names: Sequence[str]) -> list[list[str]]:
+        if not self.canary and not self.health_timeout:
+            return [list(names)] if names else []
+        head = list(names[: self.canary])
+        rest = list(names[self.canary :])
+        return ([head] if head else []) + [rest[i : i + self.jobs] for i in range(0, len(rest), self.jobs)]
+
+
+@dataclass(frozen=True)
 class FleetResult:
     results: tuple[UpgradeResult, ...]
     failures: tuple[tuple[str, str], ...]  # (name, one-line error)
     skipped: tuple[str, ...]  # --all: machines that were never created
+    not_started: tuple[str, ...] = ()  # left alone: the run stopped after --max-failures rollbacks
+
+    @property
+    def rolled_back(self) -> int:
+        return sum(r.rolled_back is not None for r in self.results)
 
     def summary(self) -> str:
-        changed = sum(r.changed for r in self.results)
-        return (
-            f"{changed} upgraded, {len(self.results) - changed} up to date, "
+        changed = sum(r.changed and not r.rolled_back for r in self.results)
+        up_to_date = sum(not r.changed for r in self.results)
+        text = (
+            f"{changed} upgraded, {up_to_date} up to date, "
             f"{len(self.failures)} failed, {len(self.skipped)} not created"
         )
+        if self.rolled_back or self.not_started:
+            text += f", {self.rolled_back} rolled back, {len(self.not_started)} not started"
+        return text
 
 
 def upgrade_fleet(
@@ -149,10 +183,11 @@ def upgrade_fleet(
     timeout: float,
     report: Callable[[str], None],
     progress: ProgressFactory | None = None,
-    jobs: int = 1,
+    rollout: Rollout = Rollout(),
 ) -> FleetResult:
-    """Upgrade each VM under its own lock, up to `jobs` at a time; one VM's failure does not stop
-    the rest."""
+    """Upgrade each VM under its own lock, in waves (see Rollout). One VM's error does not stop the
+    rest; a VM that restarts unhealthy is put back on its previous base, and --max-failures of
+    those stop the run before the next wave."""
     wanted = [check_vm_name(n) for n in names] or sorted(settings.machines)
     for n in wanted:
         settings.machine(n)  # unknown names are usage errors before anything changes
@@ -164,8 +199,19 @@ def upgrade_fleet(
             skipped.append(s.name)
             return None
         built = builds.get(s)
-        import_base(s.hv, built, progress if jobs == 1 else None)
-        return move_to_base(s, built.hash, force=force, timeout=timeout)
+        import_base(s.hv, built, progress if rollout.jobs == 1 else None)
+        result = move_to_base(s, built.hash, force=force, timeout=timeout)
+        if not (result.restarted and rollout.health_timeout and result.old_base != result.new_base):
+            return result
+        failpoint("upgrade:restarted")
+        health = wait_healthy(s, rollout.health_timeout)
+        if health.ok:
+            return result
+        log.info("%s: %s; rolling back to base %s", s.name, health.why, result.old_base[:12])
+        failpoint("upgrade:unhealthy")
+        # The unhealthy guest may ignore the power button: it is powered off after --timeout.
+        move_to_base(s, result.old_base, force=True, timeout=timeout)
+        return replace(result, rolled_back=health.why)
 
     def said(o: Outcome[UpgradeResult | None]) -> None:
         if o.error is not None:
@@ -173,11 +219,24 @@ def upgrade_fleet(
         elif o.result is not None:
             report(o.result.line())
 
-    outcomes = for_each_vm(settings, wanted, one, jobs=jobs, report=said)
+    outcomes: list[Outcome[UpgradeResult | None]] = []
+    waves = rollout.waves(wanted)
+    not_started: list[str] = []
+    for i, wave in enumerate(waves):
+        outcomes += for_each_vm(settings, wave, one, jobs=rollout.jobs, report=said)
+        rolled = sum(bool(o.result and o.result.rolled_back) for o in outcomes)
+        if rolled >= rollout.max_failures and i + 1 < len(waves):
+            not_started = [n for w in waves[i + 1 :] for n in w]
+            report(
+                f"stopping: {rolled} VM(s) rolled back (--max-failures {rollout.max_failures}); "
+                f"not started: {', '.join(not_started)}"
+            )
+            break
     return FleetResult(
         tuple(o.result for o in outcomes if o.result is not None),
         tuple((o.name, o.error) for o in outcomes if o.error is not None),
         tuple(n for n in wanted if n in skipped),
+        tuple(not_started),
     )
 
 
