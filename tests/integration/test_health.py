@@ -5,7 +5,6 @@ fleet is not touched."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
