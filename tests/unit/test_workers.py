@@ -14,6 +14,7 @@ from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import workers
 from ivm.ops.session import Hypervisor, VmSession
+from ivm.ops.upgrade import FleetResult, Rollout, UpgradeResult
 from tests.conftest import Project, RunCli, machine_entry
 
 
@@ -86,3 +87,42 @@ def test_bad_fleet_input_is_one_line_exit_2(run_cli: RunCli, args: tuple[str, ..
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ivm: error:") and problem in lines[0], r.stderr
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "check",
+    ["/bin/true", [1], ["relative/cmd"], [""], [["/bin/true"]], {"cmd": "/bin/true"}],
+)
+def test_health_check_must_be_an_argv(project: Project, run_cli: RunCli, check: Any) -> None:
+    project.write_machines({"web1": machine_entry(health_check=check)})
+    r = run_cli("plan", "web1")
+    assert r.exit_code == 2 and "machines.web1.health_check" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_health_check_is_optional_and_kept(project: Project) -> None:
+    project.write_machines(
+        {"a": machine_entry(), "b": machine_entry(health_check=["/run/current-system/sw/bin/true", "-x"])}
+    )
+    s = Settings.from_env({}, machines_file=project.machines_file)
+    assert s.machine("a").health_check == ()
+    assert s.machine("b").health_check == ("/run/current-system/sw/bin/true", "-x")
+
+
+def test_waves_canary_first_then_batches_of_jobs() -> None:
+    names = [f"vm{i}" for i in range(7)]
+    assert Rollout(jobs=3).waves(names) == [names]  # no gate, no canary: one pool
+    assert Rollout(jobs=3, canary=1, health_timeout=60).waves(names) == [
+        ["vm0"],
+        ["vm1", "vm2", "vm3"],
+        ["vm4", "vm5", "vm6"],
+    ]
+    assert Rollout(jobs=2, health_timeout=60).waves(names[:3]) == [["vm0", "vm1"], ["vm2"]]
+    assert Rollout(canary=9, health_timeout=60).waves(names[:2]) == [["vm0", "vm1"]]
+
+
+def test_rolled_back_line_and_summary() -> None:
+    back = UpgradeResult("web1", "a" * 32, "b" * 32, True, False, True, 0.5, rolled_back="no answer")
+    assert back.line() == f"web1: rolled back: no answer on base {'b' * 12}; running on base {'a' * 12} again"
+    summary = FleetResult((back,), (), (), ("web2",)).summary()
+    assert summary == "0 upgraded, 0 up to date, 0 failed, 0 not created, 1 rolled back, 1 not started"
