@@ -1,9 +1,10 @@
-"""Commands on the fleet: list, status, plan, upgrade, rollback, gc, ssh."""
+"""Commands on the fleet: list, status, plan, apply, upgrade, rollback, snapshots, gc, ssh."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import click
@@ -13,9 +14,11 @@ from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
 from ivm.cli.many import JOBS_OPTION
 from ivm.config import Settings
 from ivm.errors import ToolError
+from ivm.hypervisor.domains import require
 from ivm.ops import apply as apply_ops
 from ivm.ops import gc as gc_ops
 from ivm.ops import observe
+from ivm.ops import snapshots as snapshot_ops
 from ivm.ops import ssh as ssh_ops
 from ivm.ops import status as status_ops
 from ivm.ops import upgrade as upgrade_ops
@@ -156,6 +159,13 @@ def apply(
     metavar="SECONDS",
     help="How long a restarted VM has to show it is healthy; 0 skips the check.",
 )
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Snapshot /var before moving a VM to a new base and keep this many per VM (0: none).",
+)
 @IMAGE_OPTION
 @shutdown_options(120)
 @click.pass_obj
@@ -167,6 +177,7 @@ def upgrade(
     canary: int,
     max_failures: int,
     health_timeout: float,
+    keep: int,
     image: Path | None,
     force: bool,
     timeout: float,
@@ -175,7 +186,8 @@ def upgrade(
 
     For each VM: import the new base if it is new, shut the VM down, make a fresh boot overlay on
     the new base, rebuild the identity disk from machines/NAME/, redefine, and start it again if it
-    was running. A VM already on the current base with an unchanged identity is left alone. Up to
+    was running. While a VM is stopped for a new base its /var is snapshotted (named after the base
+    it ran; --keep). A VM already on the current base with an unchanged identity is left alone. Up to
     --jobs VMs at a time, a line for each as it finishes. One VM's error does not stop the others.
 
     A VM restarted on a new base must be healthy within --health-timeout: its QEMU guest agent
@@ -196,7 +208,7 @@ def upgrade(
         timeout=timeout,
         report=click.echo,
         progress=output.progress,
-        rollout=upgrade_ops.Rollout(jobs, canary, max_failures, health_timeout),
+        rollout=upgrade_ops.Rollout(jobs, canary, max_failures, health_timeout, keep),
     )
     click.echo(result.summary())
     if result.rolled_back:
@@ -214,15 +226,56 @@ def upgrade(
 
 @cli.command()
 @NAME
+@click.option("--with-data", is_flag=True, help="Also put /var back to a snapshot taken on that base.")
+@click.option(
+    "--snapshot",
+    metavar="SNAPSHOT",
+    help="With --with-data: this snapshot (see `ivm snapshots NAME`) instead of the newest on that base.",
+)
 @shutdown_options(120)
 @click.pass_obj
-def rollback(settings: Settings, name: str, force: bool, timeout: float) -> None:
-    """Put NAME back on the base it ran before its last upgrade (its /var is kept). Running it again
-    goes forward again: the two bases swap places."""
+def rollback(
+    settings: Settings, name: str, with_data: bool, snapshot: str | None, force: bool, timeout: float
+) -> None:
+    """Put NAME back on the base it ran before its last upgrade. Plain rollback keeps /var as it is;
+    --with-data also restores /var to the newest snapshot taken on that base (the /var it replaces
+    is snapshotted first). Running it again goes forward again: the two bases swap places."""
+    if snapshot and not with_data:
+        raise click.UsageError("--snapshot needs --with-data")
     with vm_session(settings, name) as s:
-        click.echo(
-            upgrade_ops.move_to_base(s, upgrade_ops.previous_base(s), force=force, timeout=timeout).line()
-        )
+        if not with_data:
+            click.echo(
+                upgrade_ops.move_to_base(s, upgrade_ops.previous_base(s), force=force, timeout=timeout).line()
+            )
+            return
+        result, restored, saved = upgrade_ops.rollback_with_data(s, snapshot, force=force, timeout=timeout)
+    click.echo(f"{name}: /var restored from {restored} (the /var it replaced is kept as {saved})")
+    click.echo(result.line())
+
+
+@cli.command()
+@NAME
+@click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Delete all but the newest N.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def snapshots(settings: Settings, name: str, keep: int | None, as_json: bool) -> None:
+    """List NAME's /var snapshots, oldest first (upgrade takes one per new base; each is named after
+    the base /var ran on). --keep N deletes the oldest beyond N. The live /var is never touched."""
+    with vm_session(settings, name) as s:
+        dom = require(s.domain(), name)
+        deleted = snapshot_ops.prune(s, dom, keep) if keep is not None else []
+        found = snapshot_ops.var_snapshots(s, dom)
+    if as_json:
+        rows = [{"name": x.name, "created": x.created, "base": snapshot_ops.base_of(x.name)} for x in found]
+        click.echo(json.dumps({"snapshots": rows, "deleted": deleted}, indent=2))
+        return
+    for gone in deleted:
+        click.echo(f"{name}: deleted {gone}")
+    for x in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.created))
+        click.echo(f"{x.name}  {when}  base {snapshot_ops.base_of(x.name)}")
+    if not found:
+        click.echo(f"{name}: no /var snapshots")
 
 
 @cli.command()

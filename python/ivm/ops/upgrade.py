@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ivm.config import Settings
 from ivm.domain_xml import read_metadata
@@ -23,6 +24,7 @@ from ivm.hypervisor.domains import State, require, restart_pending, set_restart_
 from ivm.identity.disk import digest_in_superblock
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
+from ivm.ops import snapshots as var_snapshots
 from ivm.ops.define import created_base, define
 from ivm.ops.health import wait_healthy
 from ivm.ops.provision import (
@@ -69,8 +71,9 @@ class UpgradeResult:
         return f"{self.name}: {what}{tail}"
 
 
-def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> UpgradeResult:
-    """Put VM `s` on base `target` (already in the pool) with a fresh identity disk."""
+def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float, keep: int = 0) -> UpgradeResult:
+    """Put VM `s` on base `target` (already in the pool) with a fresh identity disk; with `keep`,
+    snapshot /var first (named after the base it ran) and keep the newest `keep` snapshots."""
     identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
     dom = require(s.domain(), s.name)
     # A run killed between dropping the old overlay or identity disk and making the new one: finish it.
@@ -88,19 +91,13 @@ def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> U
         return UpgradeResult(s.name, current, target, False, False, False, None)
 
     was_running = pending or hv.domains.state(dom) is not State.SHUT_OFF
-    if hv.domains.state(dom) is not State.SHUT_OFF:
-        set_restart_pending(dom, True)
-        if not hv.domains.shutdown(dom, timeout):
-            if not force:
-                set_restart_pending(dom, False)
-                raise ToolError(
-                    f"{s.name} did not shut down within {timeout:g} s; nothing was changed",
-                    "pass --force to power it off, or a longer --timeout",
-                )
-            log.info("%s: powering off after %g s", s.name, timeout)
-            hv.domains.power_off(dom)
+    _stop(s, dom, force=force, timeout=timeout)
     stopped_at = time.monotonic()
     failpoint("upgrade:stopped")
+    if keep and current != target:
+        var_snapshots.take(s, dom, current)
+        failpoint("upgrade:snapshotted")
+        var_snapshots.prune(s, dom, keep)
     if current != target:
         make_overlay(hv, vols.boot, target)
         failpoint("upgrade:overlay-made")
@@ -117,6 +114,44 @@ def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float) -> U
         downtime = time.monotonic() - stopped_at
     set_restart_pending(dom, False)
     return UpgradeResult(s.name, current, target, True, identity_stale, was_running, downtime)
+
+
+def _stop(s: VmSession, dom: Any, *, force: bool, timeout: float) -> None:
+    """Shut the VM down, recording first that it is owed a start."""
+    if s.hv.domains.state(dom) is State.SHUT_OFF:
+        return
+    set_restart_pending(dom, True)
+    if not s.hv.domains.shutdown(dom, timeout):
+        if not force:
+            set_restart_pending(dom, False)
+            raise ToolError(
+                f"{s.name} did not shut down within {timeout:g} s; nothing was changed",
+                "pass --force to power it off, or a longer --timeout",
+            )
+        log.info("%s: powering off after %g s", s.name, timeout)
+        s.hv.domains.power_off(dom)
+
+
+def rollback_with_data(
+    s: VmSession, snapshot: str | None, *, force: bool, timeout: float
+) -> tuple[UpgradeResult, str, str]:
+    """`rollback --with-data`: the previous base, and /var as the chosen snapshot (default: the newest
+    taken on that base) holds it. Returns the result, the snapshot restored and the snapshot that
+    saved the /var it replaced."""
+    target = previous_base(s)
+    dom = require(s.domain(), s.name)
+    chosen = var_snapshots.choose(s, dom, snapshot, target)  # a bad name stops here, nothing changed
+    current = created_base(s)
+    was_running = restart_pending(dom) or s.hv.domains.state(dom) is not State.SHUT_OFF
+    _stop(s, dom, force=force, timeout=timeout)
+    definition = s.hv.domains.xml(dom)
+    saved = var_snapshots.restore(s, dom, chosen, current)
+    failpoint("rollback:restored")
+    # Reverting also brought back the definition the snapshot was taken with; put today's back
+    # (its metadata names the base to roll back from), with the restart it is owed.
+    dom = s.hv.domains.define(definition, s.name)
+    set_restart_pending(dom, was_running)
+    return move_to_base(s, target, force=force, timeout=timeout), chosen.name, saved
 
 
 def previous_base(s: VmSession) -> str:
@@ -141,6 +176,7 @@ class Rollout:
     canary: int = 0
     max_failures: int = 1
     health_timeout: float = 0
+    keep: int = 0  # /var snapshots kept per VM; 0 takes none
 
     def waves(self, names: Sequence[str]) -> list[list[str]]:
         if not self.canary and not self.health_timeout:
@@ -200,7 +236,7 @@ def upgrade_fleet(
             return None
         built = builds.get(s)
         import_base(s.hv, built, progress if rollout.jobs == 1 else None)
-        result = move_to_base(s, built.hash, force=force, timeout=timeout)
+        result = move_to_base(s, built.hash, force=force, timeout=timeout, keep=rollout.keep)
         if not (result.restarted and rollout.health_timeout and result.old_base != result.new_base):
             return result
         failpoint("upgrade:restarted")
