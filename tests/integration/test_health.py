@@ -5,6 +5,8 @@ fleet is not touched."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 
 import pytest
 
@@ -57,3 +59,24 @@ def test_unhealthy_canary_rolls_back_and_stops_the_run(fleet: Fleet, agents: tup
     assert after["volumes"][f"{canary}-var.qcow2"] and after["var_used_bytes"]
     assert qemu_pid(other) == other_pid, "the run touched a VM after the canary failed"
     assert status(fleet, other)["base"] != on_b  # still on A: never upgraded
+
+
+@pytest.mark.parametrize("point", ["upgrade:restarted", "upgrade:unhealthy"])
+def test_a_wave_killed_while_judging_health_is_finished_by_a_rerun(
+    fleet: Fleet, agents: tuple[str, str, str], point: str
+) -> None:
+    """Killed after the restart on a base that never gets healthy (before the verdict, or between
+    the verdict and the rollback): the re-run still judges the VM and rolls it back."""
+    image_a, _, image_c = agents
+    name = fleet.add(vm_name("hk"))
+    fleet.ivm("up", name, "--image", image_a)
+    on_a = status(fleet, name)["base"]
+    upgrade = ("upgrade", name, "--image", image_c, "--force", "--timeout", "1", "--health-timeout", "20")
+    env = {**fleet.env(), "IVM_FAILPOINT": point}
+    killed = subprocess.run(fleet.argv(*upgrade), env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert status(fleet, name)["base"] != on_a  # left running on the unhealthy base
+    again = fleet.ivm(*upgrade, check=False)
+    assert again.returncode == 1 and f"{name}: rolled back:" in again.stdout, again.stdout + again.stderr
+    after = status(fleet, name)
+    assert (after["base"], after["state"]) == (on_a, "running")

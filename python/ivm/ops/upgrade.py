@@ -20,7 +20,14 @@ from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
-from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
+from ivm.hypervisor.domains import (
+    State,
+    health_pending,
+    require,
+    restart_pending,
+    set_health_pending,
+    set_restart_pending,
+)
 from ivm.identity.disk import digest_in_superblock
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
@@ -71,7 +78,9 @@ class UpgradeResult:
         return f"{self.name}: {what}{tail}"
 
 
-def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float, keep: int = 0) -> UpgradeResult:
+def move_to_base(
+    s: VmSession, target: str, *, force: bool, timeout: float, keep: int = 0, gate: bool = False
+) -> UpgradeResult:
     """Put VM `s` on base `target` (already in the pool) with a fresh identity disk; with `keep`,
     snapshot /var first (named after the base it ran) and keep the newest `keep` snapshots."""
     identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
@@ -110,6 +119,8 @@ def move_to_base(s: VmSession, target: str, *, force: bool, timeout: float, keep
     downtime = None
     if was_running:
         set_restart_pending(dom, True)  # a new definition replaced the metadata that held it
+        if gate and current != target:
+            set_health_pending(dom, True)  # judged by the caller, or by a re-run if this one dies
         hv.domains.start(dom)
         downtime = time.monotonic() - stopped_at
     set_restart_pending(dom, False)
@@ -236,18 +247,22 @@ def upgrade_fleet(
             return None
         built = builds.get(s)
         import_base(s.hv, built, progress if rollout.jobs == 1 else None)
-        result = move_to_base(s, built.hash, force=force, timeout=timeout, keep=rollout.keep)
-        if not (result.restarted and rollout.health_timeout and result.old_base != result.new_base):
+        gate = bool(rollout.health_timeout)
+        result = move_to_base(s, built.hash, force=force, timeout=timeout, keep=rollout.keep, gate=gate)
+        dom = require(s.domain(), s.name)
+        if not (gate and health_pending(dom)):
             return result
         failpoint("upgrade:restarted")
         health = wait_healthy(s, rollout.health_timeout)
         if health.ok:
+            set_health_pending(dom, False)
             return result
-        log.info("%s: %s; rolling back to base %s", s.name, health.why, result.old_base[:12])
+        back = previous_base(s)
+        log.info("%s: %s; rolling back to base %s", s.name, health.why, back[:12])
         failpoint("upgrade:unhealthy")
         # The unhealthy guest may ignore the power button: it is powered off after --timeout.
-        move_to_base(s, result.old_base, force=True, timeout=timeout)
-        return replace(result, rolled_back=health.why)
+        move_to_base(s, back, force=True, timeout=timeout)  # its new definition drops the mark
+        return replace(result, old_base=back, changed=True, rolled_back=health.why)
 
     def said(o: Outcome[UpgradeResult | None]) -> None:
         if o.error is not None:
