@@ -89,3 +89,9 @@ def test_plan_apply_converge_and_leave_the_unchanged_running(
     assert code == 3  # redef is now behind image A again; the orphan itself is no change
     r = fleet.ivm("plan", "--all", "--image", image_a, check=False)
     assert re.search(rf"^{ident}: orphan .* left alone$", r.stdout, re.MULTILINE), r.stdout
+
+    # asked for: --prune destroys the orphan, keeping its data
+    r = fleet.ivm("apply", "--all", "--image", image_a, "--prune")
+    assert f"{ident}: orphan destroyed, kept its data on {ident}-var.qcow2" in r.stdout, r.stdout
+    assert plan(fleet, "--all", "--image", image_a)[2] == []
+    assert f"{ident}-var.qcow2" in fleet.volumes()

@@ -79,6 +79,8 @@ def test_a_bug_in_one_job_is_an_outcome_not_a_hang(five: Settings, test_driver: 
         (("create", "--all", "--jobs", "0"), "0"),
         (("upgrade", "--all", "--jobs", "0"), "0"),
         (("apply", "--all", "-j", "-1"), "-1"),
+        (("apply", "web1", "--prune"), "--prune needs --all"),
+        (("rollback", "web1", "--snapshot", "x"), "--snapshot needs --with-data"),
     ],
 )
 def test_bad_fleet_input_is_one_line_exit_2(run_cli: RunCli, args: tuple[str, ...], problem: str) -> None:

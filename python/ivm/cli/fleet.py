@@ -93,6 +93,11 @@ def plan(
 @JOBS_OPTION
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="With --all: also destroy the orphans (undefine, delete boot and identity disks, keep /var).",
+)
 @shutdown_options(120)
 @click.pass_obj
 def apply(
@@ -102,6 +107,7 @@ def apply(
     jobs: int,
     image: Path | None,
     no_eval: bool,
+    prune: bool,
     force: bool,
     timeout: float,
 ) -> None:
@@ -110,9 +116,11 @@ def apply(
     Each VM is planned again under its lock, so a second `apply` (or one running at the same time)
     finds nothing left to do and restarts nothing. A VM whose definition, base and identity are
     unchanged is never restarted; one whose base, identity or definition changed is restarted if it
-    was running. Orphaned domains are never touched. One line per VM as it finishes, then a
-    summary; the exit code is 1 if any VM failed.
+    was running. Orphaned domains are left alone unless --prune. One line per VM as it finishes,
+    then a summary; the exit code is 1 if any VM failed.
     """
+    if prune and not all_vms:
+        raise click.UsageError("--prune needs --all (orphans are found among all domains)")
     opts = apply_ops.ApplyOptions(image, force, timeout, output.progress if jobs == 1 else None)
     outcomes = apply_ops.apply_fleet(
         settings,
@@ -124,11 +132,12 @@ def apply(
         report=lambda o: click.echo(o.result.line() if o.result else f"{o.name}: failed: {o.error}"),
     )
     failed = sum(o.error is not None for o in outcomes)
+    pruning_failed = apply_ops.prune_orphans(settings, force=force, report=click.echo) if prune else 0
     changed = sum(bool(o.result and o.result.done) for o in outcomes)
     click.echo(f"{changed} changed, {len(outcomes) - changed - failed} unchanged, {failed} failed")
-    if failed:
+    if failed or pruning_failed:
         raise ToolError(
-            f"{failed} of {len(outcomes)} VMs failed to apply",
+            f"{failed + pruning_failed} of {len(outcomes)} VMs (and orphans) failed to apply",
             "fix what each line above says, then run `ivm apply` again",
         )
 

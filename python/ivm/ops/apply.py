@@ -16,12 +16,15 @@ from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.domains import State, require, set_restart_pending
+from ivm.lock import resource_lock
 from ivm.ops import power
 from ivm.ops.define import define
-from ivm.ops.observe import observe_vm, pool_bases, select
+from ivm.ops.destroy import destroy_vm
+from ivm.ops.gc import hypervisor_uris
+from ivm.ops.observe import observe_vm, orphans, pool_bases, select
 from ivm.ops.plan import Action, plan_vm
 from ivm.ops.provision import ProgressFactory, create, import_base
-from ivm.ops.session import VmSession
+from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.ops.upgrade import Builds, move_to_base
 from ivm.ops.workers import Outcome, for_each_vm
@@ -66,6 +69,29 @@ def apply_fleet(
     return for_each_vm(
         settings, wanted, lambda s: apply_vm(s, current.get(s.name), builds, opts), jobs=jobs, report=report
     )
+
+
+def prune_orphans(settings: Settings, *, force: bool, report: Callable[[str], None]) -> int:
+    """Destroy every orphan (`plan --all` lists them): undefine, delete its boot and identity disks,
+    keep its var disk. The number that failed."""
+    failed = 0
+    for uri in hypervisor_uris(settings):
+        try:
+            with open_hypervisor(settings, uri) as hv:
+                for o in orphans(hv, settings):
+                    try:
+                        with resource_lock(uri, o.name):
+                            r = destroy_vm(hv, o.name, delete_data=False, force=force)
+                    except ToolError as e:
+                        failed += 1
+                        report(f"{o.name}: failed: {e}")
+                        continue
+                    kept = f", kept its data on {r.kept_var}" if r.kept_var else ""
+                    report(f"{o.name}: orphan destroyed{kept}")
+        except ToolError as e:
+            failed += 1
+            report(f"{uri}: failed: {e}")
+    return failed
 
 
 def apply_vm(s: VmSession, current: str | None, builds: Builds, opts: ApplyOptions) -> ApplyResult:
