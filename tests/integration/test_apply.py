@@ -4,7 +4,11 @@ converges, a second plan is empty, and a VM with nothing changed keeps its QEMU 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,36 @@ def test_plan_apply_converge_and_leave_the_unchanged_running(
     assert f"{ident}: orphan destroyed, kept its data on {ident}-var.qcow2" in r.stdout, r.stdout
     assert plan(fleet, "--all", "--image", image_a)[2] == []
     assert f"{ident}-var.qcow2" in fleet.volumes()
+
+
+def test_two_applies_at_once_change_a_vm_once(
+    fleet: Fleet, staying: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Run 1 is frozen inside the VM's change (its lock held); run 2 must not do the change too."""
+    image_a = str(staying[0])
+    name = fleet.add(vm_name("twice"))
+    fleet.ivm("create", name, "--image", image_a)
+    fleet.ivm("define", name)
+    (fleet.root / "machines" / name / "tcp_ports").write_text("8443\n")
+    flag = tmp_path / "paused"
+    env = {**fleet.env(), "IVM_FAILPOINT": "upgrade:stopped", "IVM_FAILPOINT_PAUSE": str(flag)}
+    first = subprocess.Popen(
+        fleet.argv("apply", name, "--image", image_a),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "run 1 never reached its pause"
+            time.sleep(0.1)
+        second = fleet.ivm("apply", name, "--image", image_a, check=False)
+    finally:
+        pid = int(flag.read_text()) if flag.exists() else first.pid
+        os.kill(pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and f"{name}: identity" in out, out + err
+    assert second.returncode == 1 and f"{name}: failed: {name} is busy" in second.stdout, second.stdout
+    assert plan(fleet, name, "--image", image_a)[:2] == (0, {name: []})
