@@ -137,3 +137,10 @@ def test_exit_codes_and_json() -> None:
 @pytest.mark.parametrize("code", list(PlanExit))
 def test_plan_exit_codes_never_mean_invalid_input(code: PlanExit) -> None:
     assert code != 2
+
+
+def test_created_not_defined_and_behind_is_defined_then_upgraded() -> None:
+    d, o = settled()
+    p = plan_vm(replace(d, base=NEW, domain_xml=xml(NEW)), replace(o, domain_xml=None, running=False))
+    assert p.actions == (Action.IMPORT_BASE, Action.DEFINE, Action.UPGRADE, Action.START)
+    assert not p.restart

@@ -105,6 +105,9 @@ def apply_vm(s: VmSession, current: str | None, builds: Builds, opts: ApplyOptio
     if Action.CREATE in todo:
         create(s, opts.image, opts.progress)
         failpoint("apply:created")
+    if Action.DEFINE in todo or Action.CREATE in todo:
+        define(s)  # first: an upgrade or identity rebuild below needs the domain
+        failpoint("apply:defined")
     if Action.UPGRADE in todo or (Action.IDENTITY in todo and Action.CREATE not in todo):
         built = builds.get(s) if Action.UPGRADE in todo else None
         if built is not None:
@@ -114,9 +117,6 @@ def apply_vm(s: VmSession, current: str | None, builds: Builds, opts: ApplyOptio
         restarted = result.restarted
     elif Action.REDEFINE in todo:
         restarted = _redefine(s, running=observed.running, force=opts.force, timeout=opts.timeout)
-    if Action.DEFINE in todo or Action.CREATE in todo:
-        define(s)
-        failpoint("apply:defined")
     if Action.START in todo:
         power.start(s)
     return ApplyResult(s.name, plan.actions, restarted)

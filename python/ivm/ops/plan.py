@@ -24,9 +24,9 @@ class Action(StrEnum):
 
     CREATE = "create"  # make the missing disks (overlay, identity, var)
     IMPORT_BASE = "import-base"  # upload the current build's base into the pool
+    DEFINE = "define"  # define the domain (it has none)
     UPGRADE = "upgrade"  # move to the current build's base (fresh overlay, identity, redefine)
     IDENTITY = "identity"  # rebuild the identity disk from machines/NAME/
-    DEFINE = "define"  # define the domain (it has none)
     REDEFINE = "redefine"  # the definition differs from what the machine asks for
     START = "start"  # a new VM, or one an interrupted upgrade owes a start
 
