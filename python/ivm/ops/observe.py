@@ -18,7 +18,7 @@ from ivm.identity.disk import digest_in_superblock
 from ivm.names import check_vm_name
 from ivm.ops.define import desired_spec
 from ivm.ops.plan import Desired, FleetPlan, Observed, Orphan, VmPlan, plan_fleet
-from ivm.ops.provision import HEADER, boot_base, is_complete, vm_identity
+from ivm.ops.provision import EXT4_MAGIC_AT, HEADER, is_complete, vm_identity
 from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.volumes import base_hash_of, base_volume
@@ -54,9 +54,12 @@ def observe_vm(s: VmSession, current: str | None, bases: frozenset[str]) -> tupl
     """Both sides of one VM; a ToolError for what cannot be planned (an invalid identity file)."""
     hv, vols = s.hv, s.volumes
     present = frozenset(v for v in vols.all() if hv.storage.volume(v) is not None)
-    on_base = boot_base(hv, vols.boot) if vols.boot in present else None
-    identity_ok = vols.identity in present and is_complete(hv, vols.identity, "ext4")
-    disk_digest = digest_in_superblock(hv.storage.head(vols.identity, HEADER)) if identity_ok else None
+    backing = hv.storage.backing_path(vols.boot) if vols.boot in present else None
+    backing_hash = base_hash_of(Path(backing).name) if backing else None
+    on_base = backing_hash if backing_hash in bases else None  # as boot_base(), one download fewer
+    head = hv.storage.head(vols.identity, HEADER) if vols.identity in present else b""
+    identity_ok = head[EXT4_MAGIC_AT : EXT4_MAGIC_AT + 2] == b"\x53\xef"
+    disk_digest = digest_in_superblock(head) if identity_ok else None
     dom = s.domain()
     actual = hv.domains.xml(dom) if dom is not None else None
     observed = Observed(
