@@ -50,6 +50,7 @@ class Machine:
     mac: str | None
     libvirt_uri: str | None
     image_attr: str
+    health_check: tuple[str, ...] = ()  # argv run in the guest by its agent after an upgrade
 
     @property
     def arch(self) -> str:
@@ -129,7 +130,7 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
         _bad(source, at, "is not a valid VM name ([a-z][a-z0-9-]{0,62}, not ending in '-')")
     if not isinstance(entry, dict):
         _bad(source, at, "must be an object")
-    _no_extra(source, at, entry, set(_FIELDS))
+    _no_extra(source, at, entry, {*_FIELDS, "health_check"})
     if "system" not in entry:
         _bad(source, f"{at}.system", f"is missing (one of {', '.join(sorted(SYSTEMS))})")
     entry = {**defaults(name), **entry}  # what meta.nix defaults, a hand-written file may leave out
@@ -146,7 +147,17 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
         mac=_mac(source, f"{at}.mac", entry["mac"]),
         libvirt_uri=_uri(source, f"{at}.libvirt_uri", entry["libvirt_uri"]),
         image_attr=_image_attr(source, f"{at}.image_attr", entry["image_attr"]),
+        health_check=_health_check(source, f"{at}.health_check", entry.get("health_check", [])),
     )
+
+
+def _health_check(source: str, at: str, value: Any) -> tuple[str, ...]:
+    """Optional (older machines.json files lack it): an argv, not a shell line."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and len(v) <= 4096 for v in value):
+        _bad(source, at, "must be a list of non-empty strings (a command and its arguments)")
+    if len(value) > 64 or (value and not value[0].startswith("/")):
+        _bad(source, at, "must name the command by its absolute path in the guest, with at most 63 arguments")
+    return tuple(value)
 
 
 def _int(source: str, at: str, value: Any, high: int, low: int = 1) -> int:

@@ -240,3 +240,29 @@ def routable_ip(value: object) -> str | None:
     if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
         return None
     return str(ip)
+
+
+HEALTH_NS = "urn:x-ivm:health:1"
+
+
+def set_health_pending(dom: Any, pending: bool) -> None:
+    """Remember that an upgrade restarted this VM on a new base and has not yet seen it healthy, so
+    a re-run after a crash still judges it (and rolls it back if need be)."""
+    with libvirt_errors(f"recording the health check of {dom.name()}"):
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            "<health/>" if pending else None,
+            "ivmh" if pending else None,
+            HEALTH_NS,
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
+
+
+def health_pending(dom: Any) -> bool:
+    try:
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HEALTH_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return False
+        raise translate(e, f"reading {dom.name()}'s metadata") from None
+    return True
