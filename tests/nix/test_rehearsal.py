@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,3 +69,31 @@ def test_the_rehearsal_path_holds_the_declared_tools(package: dict[str, Any]) ->
         if not t["python"] and not t["name"].endswith(("hook", "hook.sh")) and t["name"] != "python3"
     }
     assert tools == set(rehearsal().CHECK_TOOLS) - {"stdenv"}
+
+
+def in_rehearsal(command: str) -> subprocess.CompletedProcess[str]:
+    """`command` run by sh inside the rehearsal's sandbox (as root: the full one)."""
+    if os.geteuid() != 0:
+        pytest.skip("the build user, hidden /usr/sbin and private /tmp need root")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--shell", command], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "command"),
+    [
+        ("an unprivileged build user", 'test "$(id -u)" = 65534'),
+        ("a home that does not exist and cannot be made", '! test -e "$HOME" && ! mkdir "$HOME"'),
+        ("no XDG runtime directory", 'test -z "${XDG_RUNTIME_DIR:-}"'),
+        ("only loopback", "test \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')\" = lo"),
+        ("declared tools only", "command -v sfdisk && command -v mkfs.ext4 && ! command -v git"),
+        ("no /usr/sbin to fall back on", "! test -e /usr/sbin/sfdisk"),
+        ("an empty writable /tmp", 'test -z "$(ls -A /tmp)" && touch /tmp/x'),
+        ("the source is the fileset only", "test -d source/tests/unit && ! test -e source/tests/integration"),
+    ],
+    ids=lambda v: v if " " in v else None,
+)
+def test_the_sandbox_is_what_the_nix_build_sees(what: str, command: str) -> None:
+    done = in_rehearsal(f'cd "$NIX_BUILD_TOP" && {command}')
+    assert done.returncode == 0, f"not {what}: {done.stdout}{done.stderr}"
