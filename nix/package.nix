@@ -41,6 +41,8 @@ python3Packages.buildPythonApplication {
   # The unit tests also make partitioned test images (sfdisk, blkid) and run property tests.
   nativeCheckInputs = [
     python3Packages.pytestCheckHook
+    # pyproject.toml gives every test a timeout; without the plugin pytest ignores it.
+    python3Packages.pytest-timeout
     python3Packages.hypothesis
     util-linux
   ]

@@ -69,6 +69,9 @@ def test_the_rehearsal_path_holds_the_declared_tools(package: dict[str, Any]) ->
         if not t["python"] and not t["name"].endswith(("hook", "hook.sh")) and t["name"] != "python3"
     }
     assert tools == set(rehearsal().CHECK_TOOLS) - {"stdenv"}
+    # Python packages beyond the dependencies: setuptools builds, pytestCheckHook brings pytest.
+    python = {t["name"] for t in package["tools"] if t["python"]} - {"setuptools", "python3"}
+    assert python == set(rehearsal().CHECK_PYTHON_PACKAGES) - {"pytest"}
 
 
 def in_rehearsal(command: str) -> subprocess.CompletedProcess[str]:
