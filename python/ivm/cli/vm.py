@@ -138,7 +138,8 @@ def identity_disk(source: Path, output: Path) -> None:
     """Write the identity disk image for the identity files in SOURCE (plumbing, used by tests).
 
     SOURCE must hold a complete identity (machine-id, hostname, ssh_host_ed25519_key and .pub);
-    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600.
+    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600, written as a
+    new file renamed over OUTPUT (a symlink there is replaced, never followed).
     """
     build_identity_disk(load_identity(source, generate=False), output)
     click.echo(str(output))
