@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def raw_image(tmp_path: Path) -> Path:
         ["sfdisk", "-q", str(img)],
         input=b"label: gpt\n,,U\n",
         check=True,
-        env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"},
+        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
+        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
     )
     return img
 
