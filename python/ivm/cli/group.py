@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+import importlib
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 import ivm
-from ivm.config import Settings
+from ivm.cli.commands import COMMANDS
 from ivm.errors import Exit, ToolError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +44,30 @@ def shutdown_options(default_timeout: float) -> Callable[[F], F]:
 
 class _Group(click.Group):
     """Turns every failure into one line on stderr and an exit code: 0 ok, 1 failed, 2 invalid
-    input. A traceback is shown only with --debug (a bug still gets one readable line)."""
+    input. A traceback is shown only with --debug (a bug still gets one readable line).
+
+    Commands are imported when named (ivm/cli/commands.py), so --help, --version and a usage
+    error start as fast as click itself."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(COMMANDS[cmd_name].module)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, from the table for commands not imported yet."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            cmd = self.commands.get(name) or click.Command(name, help=COMMANDS[name].help)
+            if not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # click's own usage errors print a usage block; ivm says one line like its other errors.
@@ -78,6 +100,8 @@ class _Group(click.Group):
             ctx.exit(130)
         except Exception as e:
             if debug:
+                import traceback  # noqa: PLC0415 -- only a failure needs it
+
                 traceback.print_exc()
             click.echo(
                 f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True
@@ -148,6 +172,8 @@ def cli(
     Environment: LIBVIRT_URI, IVM_POOL (pool name, default ivm), IVM_POOL_PATH, OVMF_CODE and
     OVMF_VARS (explicit firmware), NIX (the nix command). Exit codes: 0 ok, 1 failed, 2 bad input.
     """
+    from ivm.config import Settings  # noqa: PLC0415 -- only a command needs it (and lxml with it)
+
     _setup_logging(debug)
     ctx.obj = Settings.from_env(
         machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
@@ -163,20 +189,21 @@ def _show_version(ctx: click.Context, value: bool) -> None:
 
 def _report(e: ToolError, debug: bool) -> None:
     if debug:
+        import traceback  # noqa: PLC0415
+
         traceback.print_exc()
     hint = f"; {e.hint}" if e.hint else ""
     click.echo(f"ivm: error: {e.message}{hint}", err=True)
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"ivm: {record.getMessage()}"
-
-
 def _setup_logging(debug: bool) -> None:
+    import logging  # noqa: PLC0415 -- a command's first need; --help has none
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _Formatter() if not debug else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.Formatter("ivm: %(message)s")
+        if not debug
+        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     )
     root = logging.getLogger("ivm")
     root.handlers[:] = [handler]
