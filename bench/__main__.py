@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import prereqs
 
-CASES = ("provision", "fleet", "import", "boot", "upgrade", "profile")
+CASES = ("startup", "provision", "fleet", "import", "boot", "upgrade", "profile")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -48,10 +48,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     # Imported here, after the prerequisites check, so a missing package is reported, not raised.
     from bench import host  # noqa: PLC0415
-    from bench.cases import base_import, boot, fleet, profile, provision, upgrade  # noqa: PLC0415
+    from bench.cases import base_import, boot, fleet, profile, provision, startup, upgrade  # noqa: PLC0415
     from bench.lab import Lab  # noqa: PLC0415
 
     table: dict[str, Callable[[Lab], dict[str, Any]]] = {
+        "startup": lambda lab: startup.run(lab, args.runs),
         "provision": lambda lab: provision.run(lab, args.runs),
         "fleet": lambda lab: fleet.run(lab, args.runs, args.fleet_sizes),
         "import": lambda lab: base_import.run(lab, args.runs),

@@ -34,6 +34,9 @@ def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, target: str, measured: str, met: bool) -> None:
         found.append({"name": name, "target": target, "measured": measured, "met": met})
 
+    if s := cases.get("startup"):
+        for label, r in s["ratios"].items():
+            add(f"start-up: `{label}`", "≤ 1.5x `python -c 'import click'`", f"{r:.2f}x", r <= 1.5)
     if p := cases.get("provision"):
         add("provision: ivm vs spec path", "≥ 50x faster", f"{p['speedup']:.0f}x faster", p["speedup"] >= 50)
         t = p["ivm_create"].median
@@ -65,6 +68,16 @@ def _row(*cells: str) -> str:
 def _main_rows(cases: dict[str, Any]) -> list[str]:
     rows = [_row("measure", "ivm", "baseline", "ratio"), "|---|---|---|---|"]
     sub = "&nbsp;&nbsp;"
+    if s := cases.get("startup"):
+        for label, fig in s["commands"].items():
+            rows.append(
+                _row(
+                    f"start-up, whole process ({s['runs']} runs)",
+                    f"`{label}` {fmt(fig, 3)}",
+                    f"`python -c 'import click'` {fmt(s['floor'], 3)}",
+                    f"{s['ratios'][label]:.2f}x",
+                )
+            )
     if p := cases.get("provision"):
         rows.append(
             _row(

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.group import cli
+from ivm.cli.options import IMAGE_OPTION, NAME, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import gc as gc_ops

@@ -4,42 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 import ivm
 from ivm.cli.commands import COMMANDS
 from ivm.errors import Exit, ToolError
-
-F = TypeVar("F", bound=Callable[..., Any])
-IMAGE_OPTION = click.option(
-    "--image",
-    type=click.Path(path_type=Path),
-    help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
-)
-NAME = click.argument("name", metavar="NAME")
-
-
-def shutdown_options(default_timeout: float) -> Callable[[F], F]:
-    """--force and --timeout, shared by every command that shuts a VM down."""
-
-    def apply(f: F) -> F:
-        f = click.option(
-            "--timeout",
-            type=click.FloatRange(min=0),
-            default=default_timeout,
-            show_default=True,
-            metavar="SECONDS",
-            help="How long to wait for a graceful shutdown (ACPI power button).",
-        )(f)
-        return click.option(
-            "--force", is_flag=True, help="Power the VM off if it has not shut down in time."
-        )(f)
-
-    return apply
 
 
 class _Group(click.Group):
@@ -115,13 +86,13 @@ class _Group(click.Group):
 @click.option(
     "--machines",
     "machines_file",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: pathlib costs --help ~10 ms, so the callback makes the Path
     envvar="IVM_MACHINES",
     help="machines.json made by the flake (env IVM_MACHINES; the flake apps pass it).",
 )
 @click.option(
     "--root",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(file_okay=False),
     envvar="IVM_ROOT",
     help="Project folder holding machines/<name>/ (default: nearest flake.nix upwards).",
 )
@@ -151,8 +122,8 @@ class _Group(click.Group):
 @click.pass_context
 def cli(
     ctx: click.Context,
-    machines_file: Path | None,
-    root: Path | None,
+    machines_file: str | None,
+    root: str | None,
     flake: str | None,
     connect: str | None,
     virt_type: str | None,
@@ -172,11 +143,17 @@ def cli(
     Environment: LIBVIRT_URI, IVM_POOL (pool name, default ivm), IVM_POOL_PATH, OVMF_CODE and
     OVMF_VARS (explicit firmware), NIX (the nix command). Exit codes: 0 ok, 1 failed, 2 bad input.
     """
-    from ivm.config import Settings  # noqa: PLC0415 -- only a command needs it (and lxml with it)
+    from pathlib import Path  # noqa: PLC0415 -- only a command needs these (and lxml with them)
+
+    from ivm.config import Settings  # noqa: PLC0415
 
     _setup_logging(debug)
     ctx.obj = Settings.from_env(
-        machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
+        machines_file=None if machines_file is None else Path(machines_file),
+        root=None if root is None else Path(root),
+        flake=flake,
+        connect=connect,
+        virt_type=virt_type,
     )
 
 
