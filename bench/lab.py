@@ -124,6 +124,7 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IVM_", "OVMF_"))}
         env.update(IVM_POOL=self.pool, IVM_POOL_PATH=str(self.pool_path), LIBVIRT_URI=self.uri)
+        env["XDG_CACHE_HOME"] = str(self.work / "cache")  # ivm's image hash cache goes with the run
         return env
 
     def ivm_argv(self, *args: str) -> list[str]:
