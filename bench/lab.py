@@ -130,14 +130,14 @@ class Lab:
     def ivm_argv(self, *args: str) -> list[str]:
         return [*ivm_command(), "--machines", str(self.machines_file), "--root", str(self.root), *args]
 
-    def ivm(self, *args: str, timeout: float = 600) -> tuple[str, float]:
-        """Run `ivm ARGS` in a subprocess; return its stdout and wall-clock seconds."""
+    def ivm(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> tuple[str, float]:
+        """Run `ivm ARGS` in a subprocess (with `env` added); return its stdout and wall-clock seconds."""
         with clock() as c:
             done = subprocess.run(
                 self.ivm_argv(*args),
                 capture_output=True,
                 text=True,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 timeout=timeout,
                 check=False,
             )

@@ -165,3 +165,23 @@ def as_qcow2(image: BaseImage, workdir: Path) -> Path:
         what=f"converting {image.path} to qcow2",
     )
     return target
+
+
+def private_copy(source: Path, target: Path) -> Path:
+    """A copy of `source` that ivm may change, holes kept (copied by the kernel, extent by extent)."""
+    with source.open("rb") as src, target.open("xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                pos = os.lseek(src.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                break  # only a hole remains
+            end = os.lseek(src.fileno(), pos, os.SEEK_HOLE)
+            while pos < end:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), end - pos, pos, pos)
+                if done == 0:
+                    raise ToolError(f"{source} shrank while it was being copied")
+                pos += done
+        dst.truncate(size)
+    return target
