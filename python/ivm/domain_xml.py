@@ -102,13 +102,20 @@ def metadata_element(meta: Metadata) -> etree._Element:
 
 def read_metadata(xml: str) -> Metadata | None:
     """ivm's metadata from a domain's XML; None for domains ivm did not define."""
-    root = etree.fromstring(xml.encode())
-    vm = root.find(f"metadata/{{{NAMESPACE}}}vm")
-    if vm is None:
-        return None
+    vm = etree.fromstring(xml.encode()).find(f"metadata/{{{NAMESPACE}}}vm")
+    return None if vm is None else _metadata_of(vm, f"{{{NAMESPACE}}}")
 
+
+def read_metadata_element(xml: str) -> Metadata | None:
+    """ivm's metadata from its element alone, as virDomainGetMetadata returns it (namespace
+    dropped): a smaller answer than the whole XML, for reading a fleet."""
+    vm = etree.fromstring(xml.encode())
+    return _metadata_of(vm, "") if vm.tag == "vm" else None
+
+
+def _metadata_of(vm: etree._Element, ns: str) -> Metadata | None:
     def text(tag: str) -> str | None:
-        found = vm.find(f"{{{NAMESPACE}}}{tag}")
+        found = vm.find(f"{ns}{tag}")
         return found.text.strip() if found is not None and found.text else None
 
     machine, base = text("machine"), text("base")

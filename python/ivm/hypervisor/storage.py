@@ -38,6 +38,15 @@ class Storage:
         self.name = name
         self.path = path
         self._pool: Any = None
+        self._listed: dict[str, Any] | None = None  # every volume, when a fleet-wide read asked
+
+    def list_all(self) -> None:
+        """Fetch every volume of the pool in one call, so that looking up hundreds costs no more
+        calls (`status` of a fleet); any change made through this object forgets the list."""
+        pool = self.find()
+        if pool is not None:
+            with libvirt_errors(f"listing volumes of pool {self.name}"):
+                self._listed = {vol.name(): vol for vol in pool.listAllVolumes(0)}
 
     def find(self) -> Any:
         """The pool if it exists (started and refreshed), else None. Creates nothing."""
@@ -96,6 +105,8 @@ class Storage:
         return pool
 
     def volume(self, name: str) -> Any:
+        if self._listed is not None:
+            return self._listed.get(name)
         pool = self.find()
         if pool is None:
             return None
@@ -150,6 +161,7 @@ class Storage:
         return int(capacity), int(allocation)
 
     def create(self, xml: str, name: str) -> Any:
+        self._listed = None
         pool = self.ensure()
         log.debug("creating volume %s", name)
         with libvirt_errors(f"creating volume {name} in pool {self.name}"):
@@ -157,6 +169,7 @@ class Storage:
 
     def delete(self, name: str) -> bool:
         vol = self.volume(name)
+        self._listed = None
         if vol is None:
             return False
         log.debug("deleting volume %s", name)
@@ -181,6 +194,7 @@ class Storage:
         the daemon clones it from a transient pool over its folder (virStorageVolCreateXMLFrom),
         then the header is uploaded. Anything else is streamed (sparsely) through the connection.
         """
+        self._listed = None
         if disposable and shares_files(self.conn.getURI()):
             vol = self._clone(name, source, header, mode)
             if vol is not None:

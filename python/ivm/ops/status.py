@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ivm.config import Settings
-from ivm.domain_xml import read_metadata
+from ivm.domain_xml import NAMESPACE, read_metadata_element
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
 from ivm.image import image_file, inspect, nix_out_path, store_hash
@@ -54,6 +54,8 @@ def status(
     for uri, vms in by_uri.items():
         try:
             with open_hypervisor(settings, uri) as hv:
+                hv.domains.list_all()  # three calls for the fleet, not a few per VM
+                hv.storage.list_all()
                 rows = [vm_status(hv, name) for name in vms]
                 newest = _newest_in_pool(hv, settings, rows)
                 out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
@@ -110,7 +112,8 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
     vols = vm_volumes(name)
     present = {v: hv.storage.volume(v) is not None for v in vols.all()}
     dom = hv.domains.lookup(name)
-    meta = read_metadata(hv.domains.xml(dom)) if dom is not None else None
+    found = hv.domains.metadata_xml(dom, NAMESPACE) if dom is not None else None
+    meta = read_metadata_element(found) if found else None
     if dom is not None:
         state = hv.domains.state(dom).value
     elif present[vols.boot]:
