@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import prereqs
 
-CASES = ("startup", "provision", "fleet", "import", "boot", "upgrade", "profile")
+CASES = ("startup", "provision", "fleet", "fleet500", "import", "up", "boot", "upgrade", "profile")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -36,6 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--out", type=Path, default=RESULTS, help="where to write the results (default bench/results)"
     )
     parser.add_argument("--fleet-sizes", default="1,10,25,50", help="fleet sizes (default 1,10,25,50)")
+    parser.add_argument(
+        "--fleet-max", type=int, default=500, help="VMs in the large fleet (default 500; fleet500 case)"
+    )
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(args.only) - set(CASES))
@@ -48,14 +51,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     # Imported here, after the prerequisites check, so a missing package is reported, not raised.
     from bench import host  # noqa: PLC0415
-    from bench.cases import base_import, boot, fleet, profile, provision, startup, upgrade  # noqa: PLC0415
+    from bench.cases import (  # noqa: PLC0415
+        base_import,
+        boot,
+        fleet,
+        fleet500,
+        profile,
+        provision,
+        startup,
+        up,
+        upgrade,
+    )
     from bench.lab import Lab  # noqa: PLC0415
 
     table: dict[str, Callable[[Lab], dict[str, Any]]] = {
         "startup": lambda lab: startup.run(lab, args.runs),
         "provision": lambda lab: provision.run(lab, args.runs),
         "fleet": lambda lab: fleet.run(lab, args.runs, args.fleet_sizes),
+        "fleet500": lambda lab: fleet500.run(lab, args.runs, args.fleet_max),
         "import": lambda lab: base_import.run(lab, args.runs),
+        "up": lambda lab: up.run(lab, args.runs),
         "boot": lambda lab: boot.run(lab, args.runs),
         "upgrade": lambda lab: upgrade.run(lab, args.runs),
         "profile": lambda lab: profile.run(lab, args.runs),
@@ -95,7 +110,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / results["date"]
     written = []
-    if "fleet" in results["cases"]:
+    if "fleet" in results["cases"] or "fleet500" in results["cases"]:
         written.append(plot.fleet_plot(results, stem.with_name(f"{results['date']}-fleet.png")))
     md = stem.with_suffix(".md")
     md.write_text(report.markdown(results))

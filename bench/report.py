@@ -127,6 +127,19 @@ def _main_rows(cases: dict[str, Any]) -> list[str]:
                 )
             )
         rows += [_row(f"{sub}ivm: {step}", fmt(fig), "", "") for step, fig in i["parts"].items()]
+    if u := cases.get("up"):
+        rows.append(
+            _row(
+                "a new VM defined and started (base in pool)",
+                f"`ivm up` {fmt(u['ivm_up'])}",
+                f"`virt-install --import` {fmt(u['virt_install'])}",
+                f"{u['ratio']:.2f}x",
+            )
+        )
+        rows += [_row(f"{sub}virt-install: {k}", "", fmt(v), "") for k, v in u["virt_install_parts"].items()]
+        rows.append(
+            _row(f"{sub}the daemon's floor: `virsh define` + `virsh start`", "", fmt(u["daemon_floor"]), "")
+        )
     if b := cases.get("boot"):
         rows.append(
             _row(
@@ -171,6 +184,26 @@ def _fleet_rows(f: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _fleet500_rows(big: dict[str, Any]) -> list[str]:
+    rows = [
+        _row("VMs made in one process", "create + define, total", "per VM", "on disk per VM"),
+        "|---|---|---|---|",
+    ]
+    for p in big["checkpoints"]:
+        rows.append(
+            _row(
+                str(p["vms"]),
+                f"{p['seconds']:.1f} s",
+                f"{p['per_vm_s']:.3f} s",
+                f"{p['bytes_per_vm'] / MIB:.2f} MiB",
+            )
+        )
+    rows += ["", _row(f"over {big['vms']} VMs", "time", "peak memory"), "|---|---|---|"]
+    for label, fig in big["commands"].items():
+        rows.append(_row(f"`{label}`", fmt(fig["time"]), fmt(fig["peak_memory"])))
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     cases, m = results["cases"], results["machine"]
     lines = [
@@ -183,6 +216,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if f := cases.get("fleet"):
         lines += ["", *_fleet_rows(f)]
+    if big := cases.get("fleet500"):
+        lines += ["", *_fleet500_rows(big)]
     lines += ["", _row("target", "wanted", "measured", "met"), "|---|---|---|---|"]
     lines += [
         _row(t["name"], t["target"], t["measured"], "yes" if t["met"] else "**no**")
