@@ -1,4 +1,4 @@
-"""`python -m bench` (or bench/run): run every benchmark of issue 6 side by side on this machine and
+"""`python -m bench` (or bench/run): run every benchmark side by side on this machine and
 write bench/results/<date>.json, <date>.md and <date>-fleet.png."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def say(message: str) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5; issue 6 wants ≥ 5)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument(
         "--only",
         default=",".join(CASES),
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
         say("nothing was run; the bench installs nothing itself")
         return 2
     if args.runs < 5:
-        say(f"--runs {args.runs}: figures will not be medians of ≥ 5 runs as issue 6 asks")
+        say(f"--runs {args.runs}: figures will not be medians of ≥ 5 runs as the targets ask")
     # A plain `kill` must still clean up the VMs, volumes and pool: make it an exception.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     results = run_cases(args)

@@ -1,4 +1,4 @@
-"""The results as JSON and as Markdown tables, and each target of issue 6 judged met or missed."""
+"""The results as JSON and as Markdown tables, and each performance target judged met or missed."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def fmt(fig: Figure, digits: int = 2) -> str:
 
 
 def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 6 with what was measured and whether it is met."""
+    """Each performance target with what was measured and whether it is met."""
     found: list[dict[str, Any]] = []
 
     def add(name: str, target: str, measured: str, met: bool) -> None:
