@@ -29,7 +29,8 @@ def build(settings: Settings, name: str) -> None:
     """Build NAME's base image with Nix and print its path and base hash."""
     check_vm_name(name)
     machine = settings.machine(name)
-    image = inspect(image_file(nix_build(settings.flake_ref(), machine.image_attr, settings.nix)))
+    built = nix_build(settings.flake_ref(), machine.image_attr, settings.nix, settings.nix_account)
+    image = inspect(image_file(built))
     click.echo(f"{image.path}\tbase-{image.hash}")
 
 
@@ -138,7 +139,8 @@ def identity_disk(source: Path, output: Path) -> None:
     """Write the identity disk image for the identity files in SOURCE (plumbing, used by tests).
 
     SOURCE must hold a complete identity (machine-id, hostname, ssh_host_ed25519_key and .pub);
-    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600.
+    every file is validated as `create` does. OUTPUT is a raw ext4 image, mode 0600, written as a
+    new file renamed over OUTPUT (a symlink there is replaced, never followed).
     """
     build_identity_disk(load_identity(source, generate=False), output)
     click.echo(str(output))

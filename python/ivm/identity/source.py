@@ -18,6 +18,7 @@ from pathlib import Path
 from ivm.errors import UsageError
 from ivm.identity.rules import MAX_FILE_BYTES, RULE, RULES, Name, Rule, check_file
 from ivm.identity.sshkey import parse_private_ed25519, parse_public_key
+from ivm.privilege import hand_over, make_dirs
 from ivm.run import run
 
 
@@ -53,7 +54,21 @@ class Identity:
 
 
 def machine_dir(root: Path, name: str) -> Path:
-    return root / "machines" / name
+    """machines/<name>, refused if it is a symlink: a committed `machines/web1 -> web2` would hand
+    web2's host key and machine-id to web1. Every command that reads a machine folder comes here."""
+    path = root / "machines" / name
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{path} is not a directory but a symbolic link",
+            "make it a plain folder holding this machine's own identity files",
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{path} is not a directory", "make it a plain folder holding the identity files")
+    return path
 
 
 def load_identity(directory: Path, hostname: str | None = None, generate: bool = True) -> Identity:
@@ -90,7 +105,7 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
         raise UsageError(
             f"{directory} is not a directory", "make it a plain folder holding the identity files"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_folder(directory)
     made: list[Name] = []
     if not _exists(directory / Name.MACHINE_ID):
         _write_new(directory / Name.MACHINE_ID, f"{secrets.token_hex(16)}\n".encode(), 0o644)
@@ -120,6 +135,16 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
     return made
 
 
+def _make_folder(directory: Path) -> None:
+    """Create the machine folder (and missing parents) 0755 whatever the user's umask: it holds
+    public files, and the private key in it is 0600 itself. An existing folder keeps its mode."""
+    old = os.umask(0o022)  # make_dirs creates with 0777 & ~umask
+    try:
+        make_dirs(directory)
+    finally:
+        os.umask(old)
+
+
 def _generate_host_key(directory: Path, comment_host: str) -> None:
     # ssh-keygen writes into a private temporary directory; both halves are then renamed into place
     # (private first: a crash in between leaves a key whose .pub is derived on the next run).
@@ -132,6 +157,8 @@ def _generate_host_key(directory: Path, comment_host: str) -> None:
         )
         target.chmod(0o600)
         Path(f"{target}.pub").chmod(0o644)
+        hand_over(target, directory)
+        hand_over(Path(f"{target}.pub"), directory)
         target.rename(directory / Name.HOST_KEY)
         Path(f"{target}.pub").rename(directory / Name.HOST_KEY_PUB)
 
@@ -187,6 +214,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        hand_over(fd, path.parent)
         os.write(fd, data)
         os.fsync(fd)
     finally:
