@@ -66,6 +66,18 @@ def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
         if "ratio" in i.get("remote", {}):
             r = i["remote"]["ratio"]
             add("base import to a remote daemon (sparse stream)", "reported", f"{r:.2f}x", True)
+    if big := cases.get("fleet500"):
+        for label, fig in big["commands"].items():
+            t, rss = fig["time"].median, fig["peak_memory"].high
+            add(f"{big['vms']} VMs: `{label}`", "≤ 1 s", f"{t:.2f} s", t <= 1.0)
+            add(
+                f"{big['vms']} VMs: `{label}`, peak memory",
+                "≤ 150 MiB",
+                f"{rss / MIB:.0f} MiB",
+                rss <= 150 * MIB,
+            )
+    if u := cases.get("up"):
+        add("`ivm up` vs `virt-install --import`", "≤ 0.5x", f"{u['ratio']:.2f}x", u["ratio"] <= 0.5)
     if b := cases.get("boot"):
         add("boot to done: ivm start vs plain QEMU", "≤ 1.1x", f"{b['ratio']:.2f}x", b["ratio"] <= 1.1)
     return found
