@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ivm.errors import ToolError
+from ivm.runtime_dir import open_private_dir
+
 log = logging.getLogger("ivm.image")
 RACY_NS = 2_000_000_000  # the coarsest file timestamps ivm images may live on (FAT: 2 s)
 MAX_ENTRIES = 256  # oldest dropped first: an entry is ~100 bytes, one per image version seen
@@ -129,43 +132,17 @@ def _open_cache() -> Iterator[int | None]:
     """A descriptor of the cache directory, or None (with the reason logged) if it is not usable."""
     path = cache_dir()
     try:
-        fd = _private_dir(path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = open_private_dir(path)  # the checks the runtime directory gets: ours, 0700-ish, no link
     except OSError as e:
         log.debug("not using the image hash cache %s: %s", path, e.strerror or e)
         yield None
         return
-    except _UnsafeError as e:
-        log.warning("not using the image hash cache %s: it %s; remove it and ivm makes a new one", path, e)
+    except ToolError as e:
+        log.warning("not using the image hash cache: %s; %s", e.message, e.hint)
         yield None
         return
     try:
         yield fd
     finally:
         os.close(fd)
-
-
-class _UnsafeError(Exception):
-    """The directory exists but someone else could have planted or changed it."""
-
-
-def _private_dir(path: Path) -> int:
-    """Create `path` 0700 if absent; an O_DIRECTORY descriptor of it, after checking it is ours."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    before = os.lstat(path)
-    if stat.S_ISLNK(before.st_mode) or not stat.S_ISDIR(before.st_mode):
-        raise _UnsafeError("is not a directory (or is a symbolic link)")
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    info = os.fstat(fd)
-    why = None
-    if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
-        why = "was replaced while ivm checked it"
-    elif info.st_uid != os.geteuid():
-        why = f"is owned by uid {info.st_uid}, not {os.geteuid()}"
-    elif info.st_mode & 0o022:
-        why = f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
-    if why:
-        os.close(fd)
-        raise _UnsafeError(why)
-    return fd
