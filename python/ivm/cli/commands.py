@@ -40,7 +40,11 @@ COMMANDS: dict[str, Lazy] = {
         " each runs an older base than the current build (--image's, else the flake's by `nix eval`,"
         " else the newest base in the pool that a VM of the same image runs).",
     ),
-    "stop": Lazy(VM, "Shut NAME down (ACPI power button), waiting up to --timeout seconds."),
+    "stop": Lazy(
+        VM,
+        "Shut NAME down (ACPI power button), waiting up to --timeout seconds; then give its read-only"
+        " disks back to the pool's owner (libvirt leaves them to the VM's QEMU uid).",
+    ),
     "up": Lazy(VM, "Build, create, define and start NAME: the one command for a new VM."),
     "upgrade": Lazy(FLEET, "Move VMs to the current build, keeping their /var."),
     "xml": Lazy(VM, "Print the domain XML that `define` would use."),

@@ -82,18 +82,6 @@ class Domains:
         with libvirt_errors("reading a domain's XML"):
             return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
-    def metadata_xml(self, dom: Any, namespace: str) -> str | None:
-        """One metadata element of the persistent definition (a smaller answer than the whole
-        XML, for reading a fleet); None if the domain has none."""
-        try:
-            return str(
-                dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-            )
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-                return None
-            raise translate(e, f"reading {dom.name()}'s metadata") from None
-
     def define(self, xml: str, name: str) -> Any:
         self._listed, self._states = None, {}
         with libvirt_errors(f"defining domain {name}"):
