@@ -124,19 +124,20 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IVM_", "OVMF_"))}
         env.update(IVM_POOL=self.pool, IVM_POOL_PATH=str(self.pool_path), LIBVIRT_URI=self.uri)
+        env["XDG_CACHE_HOME"] = str(self.work / "cache")  # ivm's image hash cache goes with the run
         return env
 
     def ivm_argv(self, *args: str) -> list[str]:
         return [*ivm_command(), "--machines", str(self.machines_file), "--root", str(self.root), *args]
 
-    def ivm(self, *args: str, timeout: float = 600) -> tuple[str, float]:
-        """Run `ivm ARGS` in a subprocess; return its stdout and wall-clock seconds."""
+    def ivm(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> tuple[str, float]:
+        """Run `ivm ARGS` in a subprocess (with `env` added); return its stdout and wall-clock seconds."""
         with clock() as c:
             done = subprocess.run(
                 self.ivm_argv(*args),
                 capture_output=True,
                 text=True,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 timeout=timeout,
                 check=False,
             )

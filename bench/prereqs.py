@@ -13,6 +13,8 @@ TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
     "virsh": "libvirt-clients",
     "guestfish": "libguestfs-tools",
+    "virt-install": "virtinst",  # the `up` case's baseline
+    "xorrisofs": "xorriso",  # virt-install's cloud-init seed ISO
     "mkfs.ext4": "e2fsprogs",
     "ssh-keygen": "openssh-client",
     "lscpu": "util-linux",

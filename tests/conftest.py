@@ -15,6 +15,22 @@ from click.testing import CliRunner, Result
 from ivm.cli import cli
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """ivm's image hash cache (and any other XDG cache) in a throwaway folder, for the tests and
+    every ivm they run, so no test leaves a file in the user's home."""
+    path = tmp_path_factory.mktemp("cache-home")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+
+
 def machine_entry(**overrides: Any) -> dict[str, Any]:
     """One machines.json entry as design.md §5 shows it."""
     entry: dict[str, Any] = {

@@ -1,1 +1,1 @@
-"""One module per benchmark of issue 6; each returns figures for bench/report.py."""
+"""One module per benchmark; each returns figures for bench/report.py."""

@@ -116,13 +116,13 @@ def metadata_element(meta: Metadata) -> etree._Element:
 
 def read_metadata(xml: str) -> Metadata | None:
     """ivm's metadata from a domain's XML; None for domains ivm did not define."""
-    root = etree.fromstring(xml.encode())
-    vm = root.find(f"metadata/{{{NAMESPACE}}}vm")
-    if vm is None:
-        return None
+    vm = etree.fromstring(xml.encode()).find(f"metadata/{{{NAMESPACE}}}vm")
+    return None if vm is None else _metadata_of(vm, f"{{{NAMESPACE}}}")
 
+
+def _metadata_of(vm: etree._Element, ns: str) -> Metadata | None:
     def text(tag: str) -> str | None:
-        found = vm.find(f"{{{NAMESPACE}}}{tag}")
+        found = vm.find(f"{ns}{tag}")
         return found.text.strip() if found is not None and found.text else None
 
     machine, base = text("machine"), text("base")

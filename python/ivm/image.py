@@ -2,7 +2,8 @@
 
 A base is named by content: the Nix store hash when the image is a store path (machines whose
 configuration is the same share one), else a hash of the file's data (sparse-aware, so a large
-mostly empty raw image is hashed in the time it takes to read its data).
+mostly empty raw image is hashed in the time it takes to read its data), computed once per version
+of the file (hash_cache.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.errors import ToolError, UsageError
+from ivm.hash_cache import cached_hash
 from ivm.privilege import Account
 from ivm.run import run
 
@@ -186,28 +188,31 @@ def store_hash(path: Path) -> str | None:
 
 
 def content_hash(path: Path) -> str:
-    """A hash of the file's content that costs nothing for its holes and all-zero blocks."""
+    """A hash of the file's content that costs nothing for its holes and all-zero blocks; read once
+    per file version (hash_cache.py), however many VMs are made from it."""
+    return cached_hash(path, _hash_data)
+
+
+def _hash_data(fd: int) -> str:
     h = hashlib.blake2b(digest_size=16)
-    size = path.stat().st_size
+    size = os.fstat(fd).st_size
     h.update(f"ivm-base-v1 {size}\n".encode())
-    with path.open("rb") as f:
-        fd = f.fileno()
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-                hole = os.lseek(fd, data, os.SEEK_HOLE)
-            except OSError:
-                break  # only a hole remains
-            pos = data - data % BLOCK
-            while pos < hole:
-                block = os.pread(fd, BLOCK, pos)
-                if not block:
-                    break
-                if block != ZERO_BLOCK[: len(block)]:
-                    h.update(pos.to_bytes(8, "little"))
-                    h.update(block)
-                pos += len(block)
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError:
+            break  # only a hole remains
+        pos = data - data % BLOCK
+        while pos < hole:
+            block = os.pread(fd, BLOCK, pos)
+            if not block:
+                break
+            if block != ZERO_BLOCK[: len(block)]:
+                h.update(pos.to_bytes(8, "little"))
+                h.update(block)
+            pos += len(block)
     return h.hexdigest()
 
 
@@ -228,4 +233,24 @@ def as_qcow2(image: BaseImage, workdir: Path) -> Path:
         package=QEMU_UTILS,
         what=f"converting {image.path} to qcow2",
     )
+    return target
+
+
+def private_copy(source: Path, target: Path) -> Path:
+    """A copy of `source` that ivm may change, holes kept (copied by the kernel, extent by extent)."""
+    with source.open("rb") as src, target.open("xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                pos = os.lseek(src.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                break  # only a hole remains
+            end = os.lseek(src.fileno(), pos, os.SEEK_HOLE)
+            while pos < end:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), end - pos, pos, pos)
+                if done == 0:
+                    raise ToolError(f"{source} shrank while it was being copied")
+                pos += done
+        dst.truncate(size)
     return target

@@ -15,6 +15,12 @@ def pool_xml(name: str, path: str) -> str:
     return _text(pool)
 
 
+def source_pool_xml(name: str, path: str) -> str:
+    """A pool over a folder of local files, to be started transient (never built: nothing on
+    disk changes, not even the folder's permissions)."""
+    return _text(E.pool(E.name(name), E.target(E.path(path)), type="dir"))
+
+
 def volume_xml(
     name: str,
     capacity: int,

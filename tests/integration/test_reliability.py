@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from ivm.cli import cli
@@ -604,7 +605,7 @@ UPGRADE_POINTS = (
 
 
 def _needs(command: str) -> None:
-    if command not in cli.commands:
+    if cli.get_command(click.Context(cli), command) is None:
         pytest.skip(f"`ivm {command}` does not exist in this version of the tool")
 
 

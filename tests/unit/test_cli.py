@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -18,7 +19,7 @@ from ivm.ops.define import DomainSpec
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, RunCli, machine_entry
 
-COMMANDS = sorted(cli.commands)
+COMMANDS = cli.list_commands(click.Context(cli))  # the lazy group names them without importing
 
 
 def one_error_line(stderr: str) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.group import cli
 from ivm.cli.many import JOBS_OPTION
+from ivm.cli.options import IMAGE_OPTION, NAME, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import require
@@ -29,8 +30,11 @@ from ivm.ops.session import vm_session
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_(settings: Settings, as_json: bool) -> None:
-    """List every machine with its state and base."""
-    output.print_status(status_ops.status(settings), as_json, detail=False)
+    """List every machine with its state and base.
+
+    Quick: no `nix eval` (`status` says whether each VM runs the current build).
+    """
+    output.print_status(status_ops.status(settings, evaluate=False), as_json, detail=False)
 
 
 @cli.command()

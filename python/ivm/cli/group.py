@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-import logging
+import importlib
 import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 import ivm
-from ivm.config import Settings
+from ivm.cli.commands import COMMANDS
 from ivm.errors import Exit, ToolError
-
-F = TypeVar("F", bound=Callable[..., Any])
-IMAGE_OPTION = click.option(
-    "--image",
-    type=click.Path(path_type=Path),
-    help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
-)
-NAME = click.argument("name", metavar="NAME")
-
-
-def shutdown_options(default_timeout: float) -> Callable[[F], F]:
-    """--force and --timeout, shared by every command that shuts a VM down."""
-
-    def apply(f: F) -> F:
-        f = click.option(
-            "--timeout",
-            type=click.FloatRange(min=0),
-            default=default_timeout,
-            show_default=True,
-            metavar="SECONDS",
-            help="How long to wait for a graceful shutdown (ACPI power button).",
-        )(f)
-        return click.option(
-            "--force", is_flag=True, help="Power the VM off if it has not shut down in time."
-        )(f)
-
-    return apply
 
 
 class _Group(click.Group):
     """Turns every failure into one line on stderr and an exit code: 0 ok, 1 failed, 2 invalid
-    input. A traceback is shown only with --debug (a bug still gets one readable line)."""
+    input. A traceback is shown only with --debug (a bug still gets one readable line).
+
+    Commands are imported when named (ivm/cli/commands.py), so --help, --version and a usage
+    error start as fast as click itself."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(COMMANDS[cmd_name].module)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, from the table for commands not imported yet."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            cmd = self.commands.get(name) or click.Command(name, help=COMMANDS[name].help)
+            if not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # click's own usage errors print a usage block; ivm says one line like its other errors.
@@ -81,6 +74,8 @@ class _Group(click.Group):
             ctx.exit(130)
         except Exception as e:
             if debug:
+                import traceback  # noqa: PLC0415 -- only a failure needs it
+
                 traceback.print_exc()
             click.echo(
                 f"ivm: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True
@@ -94,13 +89,13 @@ class _Group(click.Group):
 @click.option(
     "--machines",
     "machines_file",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: pathlib costs --help ~10 ms, so the callback makes the Path
     envvar="IVM_MACHINES",
     help="machines.json made by the flake (env IVM_MACHINES; the flake apps pass it).",
 )
 @click.option(
     "--root",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(file_okay=False),
     envvar="IVM_ROOT",
     help="Project folder holding machines/<name>/ (default: nearest flake.nix upwards).",
 )
@@ -131,8 +126,8 @@ class _Group(click.Group):
 @click.pass_context
 def cli(
     ctx: click.Context,
-    machines_file: Path | None,
-    root: Path | None,
+    machines_file: str | None,
+    root: str | None,
     flake: str | None,
     connect: str | None,
     virt_type: str | None,
@@ -154,9 +149,17 @@ def cli(
     another user's project, Nix runs as that user and generated files are given to them.
     Exit codes: 0 ok, 1 failed, 2 bad input.
     """
+    from pathlib import Path  # noqa: PLC0415 -- only a command needs these (and lxml with them)
+
+    from ivm.config import Settings  # noqa: PLC0415
+
     _setup_logging(debug)
     ctx.obj = Settings.from_env(
-        machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
+        machines_file=None if machines_file is None else Path(machines_file),
+        root=None if root is None else Path(root),
+        flake=flake,
+        connect=connect,
+        virt_type=virt_type,
     )
 
 
@@ -183,20 +186,21 @@ def _show_version(ctx: click.Context, value: bool) -> None:
 
 def _report(e: ToolError, debug: bool) -> None:
     if debug:
+        import traceback  # noqa: PLC0415
+
         traceback.print_exc()
     hint = f"; {e.hint}" if e.hint else ""
     click.echo(f"ivm: error: {e.message}{hint}", err=True)
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"ivm: {record.getMessage()}"
-
-
 def _setup_logging(debug: bool) -> None:
+    import logging  # noqa: PLC0415 -- a command's first need; --help has none
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _Formatter() if not debug else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.Formatter("ivm: %(message)s")
+        if not debug
+        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     )
     root = logging.getLogger("ivm")
     root.handlers[:] = [handler]

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.group import cli
 from ivm.cli.many import many_vms, run_each
+from ivm.cli.options import IMAGE_OPTION, NAME, shutdown_options
 from ivm.config import Settings
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import load_identity

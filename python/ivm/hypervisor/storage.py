@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 from lxml import etree
@@ -20,11 +22,12 @@ from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.connection import libvirt_errors, translate
 from ivm.lock import resource_lock
-from ivm.storage_xml import pool_xml, volume_xml
+from ivm.storage_xml import pool_xml, source_pool_xml, volume_xml
 
 log = logging.getLogger("ivm.storage")
 CHUNK = 4 * 1024 * 1024
 Progress = Callable[[int], None]
+SOURCE_POOL_PREFIX = "ivm-import-"  # transient pools over a local import's temporary folder
 
 
 class Storage:
@@ -35,6 +38,15 @@ class Storage:
         self.name = name
         self.path = path
         self._pool: Any = None
+        self._listed: dict[str, Any] | None = None  # every volume, when a fleet-wide read asked
+
+    def list_all(self) -> None:
+        """Fetch every volume of the pool in one call, so that looking up hundreds costs no more
+        calls (`status` of a fleet); any change made through this object forgets the list."""
+        pool = self.find()
+        if pool is not None:
+            with libvirt_errors(f"listing volumes of pool {self.name}"):
+                self._listed = {vol.name(): vol for vol in pool.listAllVolumes(0)}
 
     def find(self) -> Any:
         """The pool if it exists (started and refreshed), else None. Creates nothing."""
@@ -129,6 +141,8 @@ class Storage:
         return True
 
     def volume(self, name: str) -> Any:
+        if self._listed is not None:
+            return self._listed.get(name)
         pool = self.find()
         if pool is None:
             return None
@@ -183,6 +197,7 @@ class Storage:
         return int(capacity), int(allocation)
 
     def create(self, xml: str, name: str) -> Any:
+        self._listed = None
         pool = self.ensure()
         log.debug("creating volume %s", name)
         with libvirt_errors(f"creating volume {name} in pool {self.name}"):
@@ -192,6 +207,7 @@ class Storage:
         """Delete a volume; with `wipe`, overwrite its data with zeros first (a secret must not
         linger in the pool's free blocks)."""
         vol = self.volume(name)
+        self._listed = None
         if vol is None:
             return False
         if wipe:
@@ -209,22 +225,66 @@ class Storage:
         header: int,
         mode: str,
         progress: Progress | None = None,
+        disposable: bool = False,
         secret: bool = False,
     ) -> None:
-        """Create volume `name` from a local file, streamed (sparsely) through the connection;
-        its first `header` bytes are written last."""
+        """Create volume `name` from a local file; its first `header` bytes are written last.
+
+        A `disposable` source (a private temporary file ivm may change) on a daemon that shares
+        this machine's files is copied by the daemon itself, at disk speed: its header is zeroed,
+        the daemon clones it from a transient pool over its folder (virStorageVolCreateXMLFrom),
+        then the header is uploaded. Anything else is streamed (sparsely) through the connection.
+        """
+        self._listed = None
+        if disposable and shares_files(self.conn.getURI()):
+            vol = self._clone(name, source, header, mode)
+            if vol is not None:
+                self._finish(vol, name, source, header, secret)
+                return
         size = source.stat().st_size
         vol = self.create(volume_xml(name, size, "raw", mode=mode), name)
         try:
             with libvirt_errors(f"uploading {source} to volume {name}"):
                 _upload(self.conn, vol, source, header, size, progress, sparse=True)
-                failpoint("upload:data-sent")  # everything but the header: an incomplete volume
+        except BaseException:
+            _delete_quietly(vol, name, wipe=secret)
+            raise
+        self._finish(vol, name, source, header, secret)
+
+    def _finish(self, vol: Any, name: str, source: Path, header: int, secret: bool) -> None:
+        """Write the header, the completeness marker, last."""
+        try:
+            failpoint("upload:data-sent")  # everything but the header: an incomplete volume
+            with libvirt_errors(f"uploading {source} to volume {name}"):
                 _upload(self.conn, vol, source, 0, header, None, sparse=False)
         except BaseException:
             _delete_quietly(vol, name, wipe=secret)
             raise
         with libvirt_errors(f"refreshing pool {self.name}"):
             _refresh(self.find())
+
+    def _clone(self, name: str, source: Path, header: int, mode: str) -> Any:
+        """The volume, holding everything but the header, copied by the daemon; None if the daemon
+        cannot see the file (then the caller streams it)."""
+        pool = self.ensure()
+        with source.open("r+b") as f:
+            head = os.pread(f.fileno(), header, 0)
+            os.pwrite(f.fileno(), bytes(len(head)), 0)
+            try:
+                with _source_pool(self.conn, source.parent) as src_pool:
+                    if src_pool is None:
+                        return None
+                    try:
+                        src = src_pool.storageVolLookupByName(source.name)
+                    except libvirt.libvirtError as e:
+                        log.debug("the daemon does not see %s (%s); streaming it", source, e)
+                        return None
+                    size = source.stat().st_size
+                    log.debug("cloning %s into volume %s", source, name)
+                    with libvirt_errors(f"copying {source} to volume {name}"):
+                        return pool.createXMLFrom(volume_xml(name, size, "raw", mode=mode), src, 0)
+            finally:
+                os.pwrite(f.fileno(), head, 0)  # the header goes up last, from the file
 
     def head(self, name: str, length: int) -> bytes:
         """The first bytes of a volume, downloaded through the connection."""
@@ -262,6 +322,65 @@ def _build_or_undo(pool: Any, path: str) -> None:
             log.debug("undoing the half-made pool's directory failed")
         pool.undefine()
         raise
+
+
+def shares_files(uri: str) -> bool:
+    """True for a daemon reached on this machine's default socket (qemu:///system, qemu:///session):
+    it sees the files ivm sees. A URI naming a transport or socket (qemu+ssh://, qemu+unix:///...?
+    socket=) may be another machine, container or daemon: it gets a stream."""
+    parts = urlsplit(uri)
+    return parts.netloc == "" and "+" not in parts.scheme and not parts.query and parts.scheme != "test"
+
+
+@contextmanager
+def _source_pool(conn: Any, folder: Path) -> Iterator[Any]:
+    """A transient dir pool over `folder`, destroyed on exit (which never touches the files); None
+    if the daemon cannot make one. Pools left by killed runs are removed first."""
+    _remove_stale_source_pools(conn)
+    name = f"{SOURCE_POOL_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        pool = conn.storagePoolCreateXML(source_pool_xml(name, str(folder)), 0)
+    except libvirt.libvirtError as e:
+        log.debug("no transient pool over %s (%s); streaming instead", folder, e)
+        yield None
+        return
+    try:
+        yield pool
+    finally:
+        try:
+            pool.destroy()
+        except libvirt.libvirtError:
+            log.warning("could not remove the transient storage pool %s; the next import does", name)
+
+
+def _remove_stale_source_pools(conn: Any) -> None:
+    """Transient import pools whose ivm process is gone (killed while the daemon copied)."""
+    try:
+        pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT)
+    except libvirt.libvirtError:
+        return
+    for pool in pools:
+        try:
+            pid = int(pool.name().removeprefix(SOURCE_POOL_PREFIX).split("-")[0])
+        except ValueError:
+            continue
+        if not pool.name().startswith(SOURCE_POOL_PREFIX) or _alive(pid):
+            continue
+        try:
+            pool.destroy()
+            log.debug("removed the stale transient pool %s", pool.name())
+        except libvirt.libvirtError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _refresh(pool: Any) -> None:

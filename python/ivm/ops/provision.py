@@ -17,12 +17,21 @@ from pathlib import Path
 from ivm.domain_xml import domain_uuid
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
-from ivm.hypervisor.storage import Progress
+from ivm.hypervisor.storage import Progress, shares_files
 from ivm.hypervisor.uri import parse_uri, secret_notice
 from ivm.identity.clashes import check_clashes, check_machine_id_on_hypervisor, warn_unknown_files
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
-from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, external_reference, image_file, inspect, nix_build
+from ivm.image import (
+    QCOW2_MAGIC,
+    BaseImage,
+    as_qcow2,
+    external_reference,
+    image_file,
+    inspect,
+    nix_build,
+    private_copy,
+)
 from ivm.lock import resource_lock
 from ivm.ops.session import Hypervisor, VmSession
 from ivm.storage_xml import volume_xml
@@ -122,12 +131,17 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
             log.info("replacing the incomplete base volume %s", name)
         with tempfile.TemporaryDirectory(prefix="ivm-base-") as tmp:
             source = as_qcow2(base, Path(tmp))
+            local = shares_files(hv.uri)  # the daemon copies a private file itself (storage.py)
+            if local and source == base.path:
+                source = private_copy(base.path, Path(tmp) / "base.qcow2")
             failpoint("create:base-converted")
             log.info("importing %s as %s", base.path.name, name)
             total = source.stat().st_size
             bar = progress(f"importing {name}", total) if progress else nullcontext(None)
             with bar as update:
-                hv.storage.import_file(name, source, header=HEADER, mode="0644", progress=update)
+                hv.storage.import_file(
+                    name, source, header=HEADER, mode="0644", progress=update, disposable=local
+                )
         if not is_complete(hv, name, "qcow2"):
             raise ToolError(
                 f"the uploaded base {name} is not a valid qcow2 image",

@@ -55,6 +55,8 @@ def status(
     for uri, vms in by_uri.items():
         try:
             with open_hypervisor(settings, uri) as hv:
+                hv.domains.list_all()  # three calls for the fleet, not a few per VM
+                hv.storage.list_all()
                 rows = [vm_status(hv, name) for name in vms]
                 newest = _newest_in_pool(hv, settings, rows)
                 out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
@@ -112,7 +114,7 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
     vols = vm_volumes(name)
     present = {v: hv.storage.volume(v) is not None for v in vols.all()}
     dom = hv.domains.lookup(name)
-    xml = hv.domains.xml(dom) if dom is not None else None
+    xml = hv.domains.xml(dom) if dom is not None else None  # drift needs more than the metadata
     meta = read_metadata(xml) if xml is not None else None
     drift = find_drift(hv.storage, hv.uri, vols, static_uid(xml) if xml else None)
     if dom is not None:
