@@ -21,7 +21,9 @@ def known_hosts_line(alias: str, public_key: str) -> str:
     return f"{alias} {key_type} {blob}\n"
 
 
-def ssh_argv(alias: str, address: str, user: str, known_hosts: Path, command: Sequence[str]) -> list[str]:
+def ssh_argv(
+    alias: str, address: str, user: str, known_hosts: Path, command: Sequence[str], port: int | None = None
+) -> list[str]:
     """ssh with strict checking against one known_hosts file; the alias ties the key to the VM, not
     to an address that DHCP may hand to another VM later."""
     return [
@@ -32,6 +34,7 @@ def ssh_argv(alias: str, address: str, user: str, known_hosts: Path, command: Se
         "-o", "StrictHostKeyChecking=yes",
         "-o", "UpdateHostKeys=no",
         "-l", user,
+        *(["-p", str(port)] if port is not None else []),
         address,
         *(["--", *command] if command else []),
     ]  # fmt: skip
@@ -46,13 +49,16 @@ def known_hosts_path(uri: str, name: str) -> Path:
 def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
     """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
     check_vm_name(name)
-    uri = settings.uri_for(settings.machine(name))
+    machine = settings.machine(name)
+    uri = settings.uri_for(machine)
+    # A user-mode NIC is reached only through its forward on the hypervisor's loopback.
+    forward = machine.network.forward_to(22)
     identity = load_identity(machine_dir(settings.project_root, name), name, generate=False)
     with open_hypervisor(settings, uri) as hv:
         dom = require(hv.domains.lookup(name), name)
         if hv.domains.state(dom) is not State.RUNNING:
             raise ToolError(f"{name} is not running", f"start it: ivm start {name}")
-        found = addresses(dom)
+        found = ["127.0.0.1"] if forward else addresses(dom)
     if not found:
         raise ToolError(
             f"no IP address known for {name}",
@@ -64,6 +70,6 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(known_hosts_line(alias, identity.host_public_key))
-    argv = ssh_argv(alias, found[0], user, path, command)
+    argv = ssh_argv(alias, found[0], user, path, command, forward.host if forward else None)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv
