@@ -1,64 +1,60 @@
-"""The guest's boot logic as NixOS evaluates it, kept as golden files in tests/golden/guest/.
+"""The guest's boot logic as NixOS evaluates it, from the golden files in tests/golden/guest/.
 
-`python -m tests.integration.standin_systemd.golden` rewrites them from `nix eval`; the nix test
-tests/nix/test_guest_golden.py fails when they drift from the evaluation. The systemd stand-in
-installs exactly these texts (see mapping.py for the few paths it maps).
+Most texts are the guest's own golden files (scripts/update-guest-golden writes them,
+tests/nix/test_guest_golden.py checks them). What only the stand-in needs besides them (the
+initrd's /run bind unit, the default resolv.conf, the kernel command line, the initrd manager's
+environment, where NixOS links the units) is in tests/golden/guest/standin/, written by
+`python -m tests.integration.standin_systemd.golden` and checked by tests/nix/test_standin_golden.py.
+Store hashes are zeroed in both, so the stand-in puts its files at the zeroed paths.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
-GOLDEN = REPO / "tests" / "golden" / "guest"
+GUEST = REPO / "tests" / "golden" / "guest"
+GOLDEN = GUEST / "standin"
 MACHINE = "default"
+UNITS = {
+    "ivm-identity.service": GUEST / "initrd" / "ivm-identity.service",
+    "ivm-var-layout.service": GUEST / "initrd" / "ivm-var-layout.service",
+    "sysroot-run.mount": GOLDEN / "sysroot-run.mount",
+}
+# sshd_config settings the stand-in's sshd takes over (the rest names NixOS store paths).
+SSHD_SETTINGS = (
+    "HostKey",
+    "AuthorizedKeysFile",
+    "PasswordAuthentication",
+    "KbdInteractiveAuthentication",
+    "PermitRootLogin",
+)
 
-# One `nix eval --apply` over nixosConfigurations: every text the stand-in takes from the guest.
+# One `nix eval --apply` over nixosConfigurations: what the stand-in needs besides the guest goldens.
 EVAL_APPLY = """cfg:
 let
   c = cfg.MACHINE.config;
   initrd = c.boot.initrd.systemd;
-  unit = n: initrd.units.${n}.text;
-  ssh = c.services.openssh;
   lib = cfg.MACHINE.pkgs.lib;
+  units = [ "ivm-identity.service" "ivm-var-layout.service" "sysroot-run.mount" ];
 in {
-  "ivm-identity.service" = unit "ivm-identity.service";
-  "ivm-var-layout.service" = unit "ivm-var-layout.service";
-  "sysroot-run.mount" = unit "sysroot-run.mount";
-  "initrd-fstab" = initrd.managerEnvironment.SYSTEMD_SYSROOT_FSTAB.text;
-  "journald.conf" = c.environment.etc."systemd/journald.conf".text;
+  "sysroot-run.mount" = initrd.units."sysroot-run.mount".text;
   "default-resolv.conf" = c.ivm.identity.defaultResolvConf;
   "boot.json" = builtins.toJSON {
     kernel_params = c.boot.kernelParams;
     manager_environment = builtins.mapAttrs (_: v: "${v}") initrd.managerEnvironment;
-    identity_directory = c.ivm.identity.directory;
-    install = lib.genAttrs [ "ivm-identity.service" "ivm-var-layout.service" "sysroot-run.mount" ] (n: {
-      inherit (initrd.units.${n}) wantedBy requiredBy;
-    });
     systemd_version = c.systemd.package.version;
-    sshd = {
-      HostKey = map (k: k.path) ssh.hostKeys;
-      AuthorizedKeysFile = ssh.authorizedKeysFiles;
-      inherit (ssh.settings) PasswordAuthentication KbdInteractiveAuthentication PermitRootLogin;
-    };
+    install = lib.genAttrs units (n: { inherit (initrd.units.${n}) wantedBy requiredBy; });
   };
 }
 """.replace("MACHINE", MACHINE)
 
-UNITS = ("ivm-identity.service", "ivm-var-layout.service", "sysroot-run.mount")
-FILES = (
-    "ivm-identity.service",
-    "ivm-var-layout.service",
-    "sysroot-run.mount",
-    "initrd-fstab",
-    "journald.conf",
-    "default-resolv.conf",
-    "boot.json",
-)
+FILES = ("sysroot-run.mount", "default-resolv.conf", "boot.json")
 
 
 @dataclass(frozen=True)
@@ -68,6 +64,7 @@ class GuestGolden:
     units: dict[str, str]  # initrd unit name -> unit file text
     fstab: str
     journald_conf: str
+    sshd_settings: dict[str, str]  # setting -> value, as sshd_config writes it
     default_resolv_conf: str
     boot: dict[str, Any]
 
@@ -77,20 +74,31 @@ class GuestGolden:
 
 
 def render(evaluated: dict[str, str]) -> dict[str, str]:
-    """File name -> text, as written to tests/golden/guest/ (boot.json pretty-printed)."""
-    out = {name: evaluated[name] for name in FILES}
-    out["boot.json"] = json.dumps(json.loads(evaluated["boot.json"]), indent=2, sort_keys=True) + "\n"
+    """File name -> text, as written to tests/golden/guest/standin/ (store hashes zeroed)."""
+    from tests.nix.guest_golden import normalise
+
+    out = {name: normalise(evaluated[name]) for name in FILES}
+    out["boot.json"] = json.dumps(json.loads(out["boot.json"]), indent=2, sort_keys=True) + "\n"
     return out
 
 
-def load(directory: Path = GOLDEN) -> GuestGolden:
-    text = {name: (directory / name).read_text() for name in FILES}
+def _sshd_settings(config: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in config.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key in SSHD_SETTINGS:
+            found[key] = f"{found[key]}\n{key} {value}" if key in found else value
+    return found
+
+
+def load() -> GuestGolden:
     return GuestGolden(
-        units={n: text[n] for n in UNITS},
-        fstab=text["initrd-fstab"],
-        journald_conf=text["journald.conf"],
-        default_resolv_conf=text["default-resolv.conf"],
-        boot=json.loads(text["boot.json"]),
+        units={name: path.read_text() for name, path in UNITS.items()},
+        fstab=(GUEST / "initrd" / "fstab").read_text(),
+        journald_conf=(GUEST / "journald.conf").read_text(),
+        sshd_settings=_sshd_settings((GUEST / "sshd_config").read_text()),
+        default_resolv_conf=(GOLDEN / "default-resolv.conf").read_text(),
+        boot=json.loads((GOLDEN / "boot.json").read_text()),
     )
 
 

@@ -27,6 +27,7 @@ PACKAGES = (
     "e2fsprogs",
     "sudo",
     "iproute2",
+    "libnss-myhostname",  # NixOS resolves its own hostname with nss-myhostname too
 )
 # Kernel modules the running guest loads (the initrd has its own): NIC, guest agent channel, disks.
 ROOT_MODULES = ("virtio_net", "virtio_console", "virtio_blk", "virtio_pci", "ext4", "erofs", "crc32c_generic")
@@ -134,7 +135,7 @@ def _modules(root: Path, kernel_modules: Path, version: str) -> None:
 
 def shape_root(root: Path, golden: GuestGolden, kernel_modules: Path, version: str) -> None:
     """Turn the unpacked Debian tree at `root` into the stand-in's root (run as root)."""
-    sshd = golden.boot["sshd"]
+    sshd = golden.sshd_settings
     # Placeholders the initrd binds over, as modules/identity-binds.nix makes them.
     _write(root, "/etc/machine-id", "", 0o444)
     _write(root, "/etc/hostname", "")
@@ -145,20 +146,13 @@ def shape_root(root: Path, golden: GuestGolden, kernel_modules: Path, version: s
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    _write(
-        root,
-        "/etc/ssh/sshd_config.d/ivm.conf",
-        "".join(f"HostKey {k}\n" for k in sshd["HostKey"])
-        + f"AuthorizedKeysFile {' '.join(sshd['AuthorizedKeysFile'])}\n"
-        + f"PasswordAuthentication {'yes' if sshd['PasswordAuthentication'] else 'no'}\n"
-        + f"KbdInteractiveAuthentication {'yes' if sshd['KbdInteractiveAuthentication'] else 'no'}\n"
-        + f"PermitRootLogin {sshd['PermitRootLogin']}\n",
-    )
+    # The guest's own lines; Debian's sshd_config includes sshd_config.d first, and the first value wins.
+    _write(root, "/etc/ssh/sshd_config.d/ivm.conf", "".join(f"{k} {v}\n" for k, v in sshd.items()))
     # modules/ssh.nix: without an identity there is no host key, and sshd is skipped, not failed.
     _write(
         root,
         "/etc/systemd/system/ssh.service.d/ivm.conf",
-        f"[Unit]\nConditionPathExists={sshd['HostKey'][0]}\n",
+        f"[Unit]\nConditionPathExists={sshd['HostKey'].splitlines()[0]}\n",
     )
     _write(root, "/etc/systemd/journald.conf.d/ivm.conf", golden.journald_conf)
     for unit in MASKED:

@@ -1,4 +1,4 @@
-"""tests/golden/guest/ (what the systemd stand-in boots with) is what NixOS evaluates today."""
+"""tests/golden/guest/standin/ (what the systemd stand-in needs besides the guest goldens) is what NixOS evaluates today."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from tests.integration.standin_systemd.golden import FILES, GOLDEN, evaluate, re
 pytestmark = pytest.mark.nix
 
 
-def test_guest_golden_files_match_the_evaluation() -> None:
+def test_standin_golden_files_match_the_evaluation() -> None:
     expected = render(evaluate())
     stale = [name for name in FILES if (GOLDEN / name).read_text() != expected[name]]
     assert not stale, (
-        f"tests/golden/guest/{{{','.join(stale)}}} differ from the evaluated guest: "
+        f"tests/golden/guest/standin/{{{','.join(stale)}}} differ from the evaluated guest: "
         "run python -m tests.integration.standin_systemd.golden and review the diff"
     )
