@@ -118,8 +118,9 @@ def gc(settings: Settings, dry_run: bool) -> None:
 def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> None:
     """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
 
-    The address comes from libvirt's DHCP leases or the guest agent. Anything after `--` is the
-    remote command: ivm ssh web1 -- uptime
+    The address comes from libvirt's DHCP leases or the guest agent; a machine with a user-mode NIC
+    (network type "user") is reached through its forward to port 22 on 127.0.0.1. Anything after
+    `--` is the remote command: ivm ssh web1 -- uptime
     """
     argv = ssh_ops.prepare_ssh(settings, name, user, command)
     os.execv(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh
