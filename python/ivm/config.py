@@ -12,6 +12,7 @@ from ivm.domain_xml import Firmware
 from ivm.errors import UsageError
 from ivm.host import default_pool_path
 from ivm.machines import Machine, get_machine, load_machines
+from ivm.privilege import Account, owner_account
 from ivm.volumes import DEFAULT_POOL
 
 DEFAULT_URI = "qemu:///system"
@@ -31,7 +32,7 @@ class Settings:
     root: Path | None = None
     flake: str | None = None
     connect: str | None = None  # --connect: beats everything
-    env_uri: str | None = None  # LIBVIRT_URI: used when the machine names no URI
+    env_uri: str | None = None  # LIBVIRT_URI, else LIBVIRT_DEFAULT_URI: when the machine names none
     pool: str = DEFAULT_POOL
     pool_path: str | None = None
     virt_type: str | None = None
@@ -46,7 +47,8 @@ class Settings:
         if template and not code:
             raise UsageError("OVMF_VARS is set without OVMF_CODE", "set both, or neither")
         values: dict[str, object] = {
-            "env_uri": env.get("LIBVIRT_URI") or None,
+            # ivm's own variable first; LIBVIRT_DEFAULT_URI is what every libvirt client reads.
+            "env_uri": env.get("LIBVIRT_URI") or env.get("LIBVIRT_DEFAULT_URI") or None,
             "pool": env.get("IVM_POOL") or DEFAULT_POOL,
             "pool_path": env.get("IVM_POOL_PATH") or None,
             "virt_type": env.get("IVM_VIRT_TYPE") or None,
@@ -62,6 +64,14 @@ class Settings:
         if machine is not None and machine.libvirt_uri:
             return machine.libvirt_uri
         return self.env_uri or DEFAULT_URI
+
+    @cached_property
+    def nix_account(self) -> Account | None:
+        """Who Nix runs as: the project's owner when ivm is root in someone else's tree."""
+        root = self.root or find_root(Path.cwd())
+        if root is None and self.flake and Path(self.flake).is_dir():
+            root = Path(self.flake)
+        return owner_account(root) if root is not None else None
 
     def pool_path_for(self, uri: str) -> str:
         return self.pool_path or default_pool_path(uri)

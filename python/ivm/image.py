@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.errors import ToolError, UsageError
+from ivm.privilege import Account
 from ivm.run import run
 
 log = logging.getLogger("ivm.image")
@@ -39,7 +40,7 @@ class BaseImage:
         return self.hash[:12]
 
 
-def nix_build(flake: str, attr: str, nix: str) -> Path:
+def nix_build(flake: str, attr: str, nix: str, as_user: Account | None = None) -> Path:
     """`nix build --no-link --print-out-paths FLAKE#ATTR` with the user's NIX command."""
     argv = [*shlex.split(nix), "build", "--no-link", "--print-out-paths", f"{flake}#{attr}"]
     log.info("building %s#%s with nix", flake, attr)
@@ -48,6 +49,7 @@ def nix_build(flake: str, attr: str, nix: str) -> Path:
             argv,
             package="Nix (https://nixos.org/download), or pass --image PATH",
             what=f"nix build {flake}#{attr}",
+            as_user=as_user,
         )
     except ToolError as e:
         raise ToolError(e.message, e.hint or "see the nix output with --debug") from None
@@ -57,10 +59,10 @@ def nix_build(flake: str, attr: str, nix: str) -> Path:
     return Path(paths[0])
 
 
-def nix_out_path(flake: str, attr: str, nix: str) -> Path:
+def nix_out_path(flake: str, attr: str, nix: str, as_user: Account | None = None) -> Path:
     """The store path FLAKE#ATTR would build to, by evaluation only (no build)."""
     argv = [*shlex.split(nix), "eval", "--raw", f"{flake}#{attr}.outPath"]
-    return Path(run(argv, package="Nix", what=f"nix eval {flake}#{attr}").strip())
+    return Path(run(argv, package="Nix", what=f"nix eval {flake}#{attr}", as_user=as_user).strip())
 
 
 def image_file(out: Path) -> Path:

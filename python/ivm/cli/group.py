@@ -107,7 +107,8 @@ class _Group(click.Group):
     "-c",
     "connect",
     metavar="URI",
-    help="libvirt URI; beats the machine's libvirt_uri and LIBVIRT_URI (default qemu:///system).",
+    help="libvirt URI; beats the machine's libvirt_uri, LIBVIRT_URI and LIBVIRT_DEFAULT_URI "
+    "(default qemu:///system).",
 )
 @click.option(
     "--virt-type",
@@ -145,8 +146,10 @@ def cli(
     First run:   ivm up web1            (build, create, define, start)
     Step by step: ivm create web1; ivm define web1; ivm start web1
 
-    Environment: LIBVIRT_URI, IVM_POOL (pool name, default ivm), IVM_POOL_PATH, OVMF_CODE and
-    OVMF_VARS (explicit firmware), NIX (the nix command). Exit codes: 0 ok, 1 failed, 2 bad input.
+    Environment: LIBVIRT_URI, else LIBVIRT_DEFAULT_URI; IVM_POOL (pool name, default ivm),
+    IVM_POOL_PATH, OVMF_CODE and OVMF_VARS (explicit firmware), NIX (the nix command). Run as root in
+    another user's project, Nix runs as that user and generated files are given to them.
+    Exit codes: 0 ok, 1 failed, 2 bad input.
     """
     _setup_logging(debug)
     ctx.obj = Settings.from_env(

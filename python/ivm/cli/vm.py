@@ -28,7 +28,8 @@ def build(settings: Settings, name: str) -> None:
     """Build NAME's base image with Nix and print its path and base hash."""
     check_vm_name(name)
     machine = settings.machine(name)
-    image = inspect(image_file(nix_build(settings.flake_ref(), machine.image_attr, settings.nix)))
+    built = nix_build(settings.flake_ref(), machine.image_attr, settings.nix, settings.nix_account)
+    image = inspect(image_file(built))
     click.echo(f"{image.path}\tbase-{image.hash}")
 
 

@@ -57,8 +57,8 @@ def _cannot_connect(uri: str | None, message: str) -> ToolError:
     target = uri or "the default URI"
     if "permission denied" in message.lower() or "authentication" in message.lower():
         hint = (
-            "you may not use this daemon: join the 'libvirt' group, run as root, or use "
-            "--connect qemu:///session"
+            "you may not use this daemon: join the 'libvirt' group (then log in again), use "
+            "qemu:///session (--connect or LIBVIRT_DEFAULT_URI), or run as root (SUDO=sudo for just)"
         )
     else:
         hint = (

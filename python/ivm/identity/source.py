@@ -18,6 +18,7 @@ from pathlib import Path
 from ivm.errors import UsageError
 from ivm.identity.rules import MAX_FILE_BYTES, RULE, RULES, Name, Rule, check_file
 from ivm.identity.sshkey import parse_private_ed25519, parse_public_key
+from ivm.privilege import hand_over, make_dirs
 from ivm.run import run
 
 
@@ -90,7 +91,7 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
         raise UsageError(
             f"{directory} is not a directory", "make it a plain folder holding the identity files"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     made: list[Name] = []
     if not _exists(directory / Name.MACHINE_ID):
         _write_new(directory / Name.MACHINE_ID, f"{secrets.token_hex(16)}\n".encode(), 0o644)
@@ -132,6 +133,8 @@ def _generate_host_key(directory: Path, comment_host: str) -> None:
         )
         target.chmod(0o600)
         Path(f"{target}.pub").chmod(0o644)
+        hand_over(target, directory)
+        hand_over(Path(f"{target}.pub"), directory)
         target.rename(directory / Name.HOST_KEY)
         Path(f"{target}.pub").rename(directory / Name.HOST_KEY_PUB)
 
@@ -187,6 +190,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        hand_over(fd, path.parent)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -49,7 +49,8 @@ class CreateResult:
 def resolve_image(s: VmSession, image: Path | None) -> BaseImage:
     """The base image to use: --image PATH, else `nix build` of the machine's image attribute."""
     if image is None:
-        image = nix_build(s.settings.flake_ref(), s.machine.image_attr, s.settings.nix)
+        settings = s.settings
+        image = nix_build(settings.flake_ref(), s.machine.image_attr, settings.nix, settings.nix_account)
     return inspect(image_file(image))
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
-import shutil
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -70,7 +68,7 @@ def current_bases(
     if image is not None:
         h = inspect(image_file(image)).hash
         return dict.fromkeys(names, h)
-    if not evaluate or shutil.which(shlex.split(settings.nix)[0]) is None:
+    if not evaluate:  # a missing nix fails below like any evaluation: no drift from Nix
         return {}
     found: dict[str, str] = {}
     by_attr: dict[str, str | None] = {}
@@ -78,7 +76,8 @@ def current_bases(
         attr = settings.machine(name).image_attr
         if attr not in by_attr:
             try:
-                by_attr[attr] = store_hash(nix_out_path(settings.flake_ref(), attr, settings.nix))
+                out = nix_out_path(settings.flake_ref(), attr, settings.nix, settings.nix_account)
+                by_attr[attr] = store_hash(out)
             except ToolError as e:
                 log.debug("no drift from nix for %s: %s", attr, e)
                 by_attr[attr] = None
