@@ -25,7 +25,8 @@ from tests.integration.harness.pool import scratch_pool_dir
 from tests.integration.standin.kernel import StandinError
 from tests.integration.standin_systemd import build_systemd_standin
 
-pytestmark = pytest.mark.integration
+# Setup boots the guest under TCG (minutes on a loaded 2-core machine), inside the first test's time.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 SSH_TIMEOUT = 1200.0  # a TCG boot of this guest takes minutes on a loaded 2-core machine
 IDENTITY_MODES = {

@@ -11,7 +11,6 @@ Store hashes are zeroed in both, so the stand-in puts its files at the zeroed pa
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
