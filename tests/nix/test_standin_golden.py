@@ -1,4 +1,4 @@
-"""tests/golden/guest/standin/, what the systemd stand-in adds to the guest goldens, is what NixOS evaluates."""
+"""tests/golden/guest/standin/ (the stand-in's additions to the guest goldens) is what NixOS evaluates."""
 
 from __future__ import annotations
 
