@@ -10,6 +10,7 @@ through a forward bound to 127.0.0.1.
 from __future__ import annotations
 
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -57,7 +58,8 @@ class Guest:
 
     def ssh(self, *command: str, user: str = "admin", check: bool = True) -> subprocess.CompletedProcess[str]:
         """`ivm ssh NAME -l USER -- COMMAND` with the test's client key."""
-        argv = [*self.fleet.argv("ssh", self.name, "-l", user, "--"), *command]
+        # ssh hands the remote shell one line: quote each word, so spaces and > stay arguments.
+        argv = [*self.fleet.argv("ssh", self.name, "-l", user, "--"), shlex.join(command)]
         env = {**self.fleet.env(), "SSH_AUTH_SOCK": str(self.agent_socket), "XDG_CACHE_HOME": str(self.cache)}
         try:
             r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
