@@ -3,7 +3,7 @@
 Most texts are the guest's own golden files (scripts/update-guest-golden writes them,
 tests/nix/test_guest_golden.py checks them). What only the stand-in needs besides them (the
 initrd's /run bind unit, the default resolv.conf, the kernel command line, the initrd manager's
-environment, where NixOS links the units) is in tests/golden/guest/standin/, written by
+environment, where NixOS links the units) is in tests/golden/standin-systemd/, written by
 `python -m tests.integration.standin_systemd.golden` and checked by tests/nix/test_standin_golden.py.
 Store hashes are zeroed in both, so the stand-in puts its files at the zeroed paths.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
 GUEST = REPO / "tests" / "golden" / "guest"
-GOLDEN = GUEST / "standin"
+GOLDEN = REPO / "tests" / "golden" / "standin-systemd"
 MACHINE = "default"
 UNITS = {
     "ivm-identity.service": GUEST / "initrd" / "ivm-identity.service",
@@ -73,7 +73,7 @@ class GuestGolden:
 
 
 def render(evaluated: dict[str, str]) -> dict[str, str]:
-    """File name -> text, as written to tests/golden/guest/standin/ (store hashes zeroed)."""
+    """File name -> text, as written to tests/golden/standin-systemd/ (store hashes zeroed)."""
     from tests.nix.guest_golden import normalise
 
     out = {name: normalise(evaluated[name]) for name in FILES}
