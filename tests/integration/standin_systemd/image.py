@@ -24,10 +24,9 @@ HERE = Path(__file__).parent
 def _cache_key(kernel: Kernel, golden: GuestGolden, marker: str) -> str:
     """Every input of the image: sources of this package, golden files, import script, kernel, suite."""
     h = hashlib.sha256()
-    for path in sorted(
-        [*HERE.glob("*.py"), *HERE.glob("*.c"), IMPORT_SCRIPT, *golden_files.GOLDEN.iterdir()]
-    ):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    goldens = [p for d in (golden_files.GUEST, golden_files.GOLDEN) for p in d.rglob("*") if p.is_file()]
+    for path in sorted({*HERE.glob("*.py"), *HERE.glob("*.c"), IMPORT_SCRIPT, *goldens}):
+        h.update(str(path.relative_to(golden_files.REPO)).encode() + b"\0" + path.read_bytes())
     h.update(f"{kernel.version} {suite()} {' '.join(PACKAGES)} {marker}".encode())
     return h.hexdigest()[:20]
 
