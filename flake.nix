@@ -14,7 +14,16 @@
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     in
     {
-      lib.machines = import ./nix/machines.nix { inherit lib; };
+      lib =
+        let
+          machines = import ./nix/machines.nix { inherit lib; };
+        in
+        {
+          inherit (machines) machines;
+          # How meta.nix data becomes a machines.json entry, for the rule tests.
+          machineEntry = machines.entry;
+          machineName = machines.checkName;
+        };
 
       nixosModules = {
         default = ./modules;

@@ -13,7 +13,9 @@ let
     name: _: lib.nameValuePair "toplevel-${name}" (toplevel name)
   ) machinesHere;
 
-  formatting = pkgs.callPackage ./lib/formatting.nix { };
+  formatting = pkgs.callPackage ./lib/formatting.nix {
+    inherit (import ../nix/formatter.nix { inherit pkgs; }) nixfmt;
+  };
 
   guest = import ./lib/guest.nix { inherit self pkgs; };
 

@@ -3,6 +3,7 @@
 {
   imports = [
     ./base.nix
+    ./guest-agent.nix
     ./boot.nix
     ./filesystem.nix
     ./etc.nix

@@ -47,8 +47,8 @@ in
 
   config = {
     fileSystems = {
-      # erofs cannot be written at all, whatever mounts it; nixos/tests/activation/bashless-image.nix
-      # boots an erofs partition built by image.repart.
+      # erofs cannot be written at all, whatever mounts it. No nixpkgs test boots an erofs `/`
+      # (bashless-image.nix mounts erofs as /nix/store over a tmpfs root): checks/read-only-root.nix does.
       "/" = {
         device = "/dev/disk/by-partlabel/${cfg.rootLabel}";
         fsType = "erofs";

@@ -4,12 +4,17 @@
 #
 #   identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF
 #
-# SOURCE is the mounted identity disk (empty when there is none). The files are checked with the
-# rules the host tool applied (python/ivm/identity/rules.py), then only the known names are copied,
-# root-owned with fixed modes, into a new directory that replaces IDENTITY_DIR in one rename
-# (RENAME_EXCHANGE). A missing or invalid disk keeps the previous identity: the VM still boots.
-# RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF) and hosts (BASE_HOSTS plus
-# the identity's extra lines).
+# SOURCE is the mounted identity disk (empty when there is none); it is unmounted on every exit, so
+# the private host key does not stay mounted whatever happens. The files are checked with the rules
+# of tests/cases/identity.json (the host tool's are python/ivm/identity/rules.py; where this script
+# is more lenient, the rule says so), then only the known names are copied, root-owned with fixed
+# modes, into a new directory that replaces IDENTITY_DIR in one rename (RENAME_EXCHANGE).
+# A missing disk keeps the previous identity: the VM still boots. A disk that is present but refused
+# keeps the previous machine-id, hostname and host key but removes its authorized keys (fail closed:
+# keys the refused identity may have revoked stop working), and says so on the console.
+# RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF), hosts (BASE_HOSTS plus the
+# identity's extra lines) and identity-status (one line: imported, absent, refused: WHY, failed: WHY),
+# on every path.
 set -uo pipefail
 export LC_ALL=C
 
@@ -51,11 +56,14 @@ read_text() {
     fail "cannot be read"
     return
   }
+  # Leniency: ASCII control characters only; UTF-8 validity and Unicode non-printables are the host's.
   if [[ $text == *[$'\001'-$'\010'$'\013'-$'\037'$'\177']* ]]; then
     fail "holds a control character (or CR line endings)"
     return
   fi
 }
+
+key="" key_type="" groups=0
 
 # Lines that are neither blank nor comments, trimmed, into the array `lines`.
 content_lines() {
@@ -69,20 +77,92 @@ content_lines() {
   done <<<"$1"
 }
 
-is_ip() {
-  local a=$1 octet
-  if [[ $a =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]]; then
-    for octet in "${BASH_REMATCH[@]:1}"; do
-      ((10#$octet <= 255)) || return 1
-    done
-    return 0
+# One dotted quad, each part 0-255 without leading zeros (Python's ipaddress refuses those too).
+is_ipv4() {
+  local octet
+  [[ $1 =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] || return 1
+  for octet in "${BASH_REMATCH[@]:1}"; do
+    [[ $octet == 0 || $octet != 0* ]] && ((10#$octet <= 255)) || return 1
+  done
+}
+
+# Groups of 1-4 hex digits between single colons, into `groups` (a count); fails on an empty group.
+count_groups() {
+  local part=$1 group parts=()
+  groups=0
+  [[ -z $part ]] && return 0
+  [[ $part != :* && $part != *: ]] || return 1
+  IFS=: read -r -a parts <<<"$part"
+  for group in "${parts[@]}"; do
+    [[ $group =~ ^[0-9A-Fa-f]{1,4}$ ]] || return 1
+    groups=$((groups + 1))
+  done
+}
+
+# RFC 4291 text form: eight groups, or fewer around one "::", the last two may be a dotted quad.
+is_ipv6() {
+  local a=$1 head tail n
+  [[ $a == *:* && $a =~ ^[0-9A-Fa-f:.]+$ ]] || return 1
+  if [[ $a == *.* ]]; then
+    is_ipv4 "${a##*:}" || return 1
+    a="${a%:*}:0:0"
   fi
-  [[ $a == *:* && $a =~ ^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$ ]]
+  [[ $a != *::*::* ]] || return 1
+  if [[ $a == *::* ]]; then
+    head=${a%%::*} tail=${a#*::}
+    count_groups "$head" || return 1
+    n=$groups
+    count_groups "$tail" || return 1
+    ((n + groups <= 7))
+  else
+    count_groups "$a" && ((groups == 8))
+  fi
+}
+
+# An address as python/ivm/identity/rules.py takes it: IPv4, or IPv6 with an optional %zone.
+is_ip() {
+  local a=$1
+  if [[ $a == *%* ]]; then
+    [[ ${a#*%} =~ ^[A-Za-z0-9_.-]+$ ]] && is_ipv6 "${a%%\%*}"
+    return
+  fi
+  is_ipv4 "$a" || is_ipv6 "$a"
 }
 
 readonly dns_name='^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$'
-readonly key_type='(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)'
-readonly authorized_key="(^|[[:space:]])${key_type}[[:space:]]+[A-Za-z0-9+/]+={0,3}([[:space:]]|$)"
+# python/ivm/identity/sshkey.py PUBLIC_KEY_TYPES.
+readonly key_types=" ssh-ed25519 ssh-rsa ecdsa-sha2-nistp256 ecdsa-sha2-nistp384 ecdsa-sha2-nistp521 sk-ssh-ed25519@openssh.com sk-ecdsa-sha2-nistp256@openssh.com "
+
+# The `TYPE BASE64 [COMMENT]` part of an authorized_keys line into `key`, skipping its options.
+# Options may hold quoted blanks: the key starts after the first unquoted one (one regex, not a
+# loop over characters, which would take minutes on a 64 KiB line).
+readonly key_options='^([^[:space:]"]|"[^"]*")+[[:space:]]+(.*)$'
+key_part() {
+  local line=$1 first
+  first=${line%%[[:space:]]*}
+  if [[ $key_types == *" $first "* || $first == ssh-* || $first == ecdsa-* || $first == sk-* ]]; then
+    key=$line
+  elif [[ $line =~ $key_options ]]; then
+    key=${BASH_REMATCH[2]}
+  else
+    fail "has options but no key"
+  fi
+}
+
+# `TYPE BASE64 [COMMENT]`: a known type, and base64 whose first field names that same type.
+check_key() {
+  local fields=() type encoded expected header
+  read -r -a fields <<<"$1"
+  ((${#fields[@]} >= 2)) || fail "is not a public key line (expected: TYPE BASE64 [COMMENT])" || return
+  type=${fields[0]} encoded=${fields[1]}
+  [[ $key_types == *" $type "* ]] || fail "has an unsupported key type '${type:0:40}'" || return
+  [[ $encoded =~ ^[A-Za-z0-9+/]+={0,2}$ ]] && ((${#encoded} % 4 == 0)) ||
+    fail "has a key that is not valid base64" || return
+  expected=$(printf '%08x' "${#type}")$(printf '%s' "$type" | od -An -v -tx1 | tr -d ' \n')
+  header=$(printf '%s' "$encoded" | base64 -d 2>/dev/null | head -c $((4 + ${#type})) | od -An -v -tx1 | tr -d ' \n')
+  [[ $header == "$expected" ]] || fail "has a key that does not hold a ${type} key" || return
+  key_type=$type
+}
 
 check_machine_id() {
   [[ $1 =~ ^[0-9a-f]{32}$ && $(stat -c %s -- "$2") -le 33 ]] ||
@@ -91,10 +171,13 @@ check_machine_id() {
 }
 
 check_hostname() {
-  [[ $1 =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ && $(stat -c %s -- "$2") -le 64 ]] ||
+  # $(<file) drops every trailing newline; the host allows one.
+  [[ $1 =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ && $(stat -c %s -- "$2") -le $((${#1} + 1)) ]] ||
     fail "must be one hostname label (a-z, 0-9, '-', at most 63)"
 }
 
+# Leniency: the armour only. The host parsed the key and matched it with its .pub before writing
+# the disk; a bash parser of the OpenSSH format would add risk, not safety (sshd refuses a bad key).
 check_private_key() {
   [[ $1 == "-----BEGIN OPENSSH PRIVATE KEY-----"$'\n'*$'\n'"-----END OPENSSH PRIVATE KEY-----" ]] ||
     fail "is not an OpenSSH private key"
@@ -103,8 +186,8 @@ check_private_key() {
 check_public_key() {
   content_lines "$1"
   ((${#lines[@]} == 1)) || fail "must hold exactly one public key line" || return
-  [[ ${lines[0]} =~ ^ssh-ed25519[[:space:]]+[A-Za-z0-9+/]+={0,3}([[:space:]].*)?$ ]] ||
-    fail "must be an ssh-ed25519 public key"
+  check_key "${lines[0]}" || return
+  [[ $key_type == ssh-ed25519 ]] || fail "must be an ssh-ed25519 public key"
 }
 
 check_ports() {
@@ -157,7 +240,10 @@ check_authorized_keys() {
   local line
   content_lines "$1"
   for line in "${lines[@]}"; do
-    [[ $line =~ $authorized_key ]] || fail "line '${line:0:40}' holds no public key" || return
+    if ! key_part "$line" || ! check_key "$key"; then
+      fail "line '${line:0:40}' $problem"
+      return
+    fi
   done
 }
 
@@ -198,14 +284,34 @@ validate() {
   done
 }
 
+# What happened to the identity this boot, for RUNTIME_DIR/identity-status.
+status="failed: the import did not finish"
+
+# Removes the authorized keys of the kept identity: a refused disk may be the one that revoked them.
+revoke_keys() {
+  local target=$1 name
+  for name in admin_authorized_keys user_authorized_keys; do
+    if [[ -e $target/$name || -L $target/$name ]]; then
+      rm -f -- "$target/$name" || return 1
+    fi
+  done
+  if [[ -d $target ]]; then
+    sync -f -- "$target" || return 1
+  fi
+}
+
 import_identity() {
   local source=$1 target=$2 name staging
   if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
     log "no identity disk (or it is empty); keeping ${target}"
+    status="absent"
     return 0
   fi
   if ! validate "$source"; then
-    log "identity disk rejected: $problem; keeping ${target}"
+    status="refused: $problem"
+    # On the console too (the unit sends stderr there): the host sees the refusal in the serial log.
+    log "identity disk REFUSED: $problem; keeping ${target} without its authorized keys"
+    revoke_keys "$target" || return 1
     return 0
   fi
   # Same file system as the target, so the final rename is atomic.
@@ -223,6 +329,7 @@ import_identity() {
     mv --no-target-directory -- "$staging" "$target" || return 1
   fi
   sync -f -- "$target" || return 1
+  status="imported"
   log "imported ${#found[@]} files into ${target}: ${found[*]}"
 }
 
@@ -232,23 +339,34 @@ publish() {
   cat >"$target.new" && chmod 0644 -- "$target.new" && mv -f -- "$target.new" "$target"
 }
 
+# Each file on its own: a missing default resolv.conf must not cost the VM its hosts file.
 prepare_runtime() {
-  local identity=$1 runtime=$2 base_hosts=$3 default_resolv=$4
+  local identity=$1 runtime=$2 base_hosts=$3 default_resolv=$4 ok=0
   if [[ ! -d $runtime ]]; then
     mkdir -m 0755 -- "$runtime" || return 1
   fi
   if [[ -f $identity/resolv.conf ]]; then
-    publish "$runtime/resolv.conf" <"$identity/resolv.conf" || return 1
+    publish "$runtime/resolv.conf" <"$identity/resolv.conf" || ok=1
   else
-    publish "$runtime/resolv.conf" <"$default_resolv" || return 1
+    publish "$runtime/resolv.conf" <"$default_resolv" || ok=1
   fi
   {
-    cat -- "$base_hosts" || return 1
+    cat -- "$base_hosts" || ok=1
     if [[ -f $identity/hosts ]]; then
       printf '\n# From the VM identity (hosts)\n'
-      cat -- "$identity/hosts" || return 1
+      cat -- "$identity/hosts" || ok=1
     fi
-  } | publish "$runtime/hosts"
+  } | publish "$runtime/hosts" || ok=1
+  return "$ok"
+}
+
+# The disk holds the private host key: unmount it however the script ends.
+release_source() {
+  local source=$1
+  # A mount point sits on another device than its parent (mountpoint(1) is not in the initrd).
+  if [[ -d $source && $(stat -c %d -- "$source") != $(stat -c %d -- "$source/..") ]]; then
+    umount -- "$source" || log "failed to unmount ${source}"
+  fi
 }
 
 main() {
@@ -256,14 +374,21 @@ main() {
     echo "usage: identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF" >&2
     return 2
   fi
-  import_identity "$1" "$2" || {
+  local result=0
+  source_dir=$1
+  trap 'release_source "$source_dir"' EXIT
+  if ! import_identity "$1" "$2"; then
+    status="failed: could not write ${2}"
     log "failed to write ${2}; it may be incomplete"
-    return 1
-  }
-  prepare_runtime "$2" "$3" "$4" "$5" || {
+    result=1
+  fi
+  # The binds of /etc/resolv.conf and /etc/hosts need their sources whatever happened above.
+  if ! prepare_runtime "$2" "$3" "$4" "$5"; then
     log "failed to prepare ${3}"
-    return 1
-  }
+    result=1
+  fi
+  printf '%s\n' "$status" | publish "$3/identity-status" || result=1
+  return "$result"
 }
 
 main "$@"

@@ -78,7 +78,13 @@ in
       }
     ];
 
-    boot.initrd.systemd.storePaths = [ importer ];
+    # make-initrd-ng keeps no references, and the root holds only the system's closure: whatever the
+    # import reads is copied into the initrd itself, so nothing depends on /sysroot/nix/store.
+    boot.initrd.systemd.storePaths = [
+      importer
+      baseHosts
+      defaultResolvConf
+    ];
 
     # Pattern: the initrd units of nixos/modules/system/etc/etc-activation.nix and the /sysroot/run
     # bind of nixos/modules/system/boot/systemd/initrd.nix, which every systemd-initrd test boots.
@@ -92,16 +98,15 @@ in
       conflicts = [ "shutdown.target" ];
       unitConfig = {
         DefaultDependencies = false;
-        # /var to write into; the root (store) for the base hosts file and the default resolv.conf.
-        RequiresMountsFor = [
-          "/sysroot/var"
-          "/sysroot/nix/store"
-        ];
+        # /var to write into (the base hosts and default resolv.conf are in the initrd's own store).
+        RequiresMountsFor = [ "/sysroot/var" ];
       };
       serviceConfig = {
         Type = "oneshot";
         RemainAfterExit = true;
         SyslogIdentifier = "ivm-identity";
+        # A refused identity is said on the serial console too, where the host can read it.
+        StandardError = "journal+console";
         # "-": without the disk (or with a broken one) the script keeps the previous identity.
         ExecStartPre = [
           "/bin/mkdir -p ${diskMount}"
@@ -113,10 +118,13 @@ in
           diskMount
           "/sysroot${cfg.directory}"
           cfg.runtimeDirectory
-          "/sysroot${baseHosts}"
-          "/sysroot${defaultResolvConf}"
+          "${baseHosts}"
+          "${defaultResolvConf}"
         ];
-        ExecStartPost = [
+        # The script unmounts the disk on every exit; these cover a script that never ran or was
+        # killed (ExecStopPost= also runs after a failed start, ExecStartPost= only after success).
+        ExecStartPost = [ "-/bin/rmdir ${diskMount}" ];
+        ExecStopPost = [
           "-/bin/umount ${diskMount}"
           "-/bin/rmdir ${diskMount}"
         ];

@@ -17,7 +17,7 @@ pkgs.mkShell {
     pkgs.e2fsprogs
     pkgs.openssh
     pkgs.just
-    pkgs.nixfmt-rs
+    (import ./formatter.nix { inherit pkgs; }).nixfmt
   ];
 
   # Run the tool from the working tree (`python -m ivm`) without installing it.

@@ -60,12 +60,12 @@ in
               types.submodule {
                 options = {
                   host = lib.mkOption {
-                    type = types.port;
+                    type = types.ints.between 1 65535;
                     description = "TCP port on the hypervisor's 127.0.0.1.";
                     example = 2222;
                   };
                   guest = lib.mkOption {
-                    type = types.port;
+                    type = types.ints.between 1 65535;
                     description = "TCP port of the guest it reaches.";
                     example = 22;
                   };
@@ -95,9 +95,10 @@ in
     };
 
     mac = lib.mkOption {
-      type = types.nullOr (types.strMatching "[0-9a-f]{2}(:[0-9a-f]{2}){5}");
+      # Unicast only (the low bit of the first octet clear); either case, written in lowercase.
+      type = types.nullOr (types.strMatching "[0-9A-Fa-f][02468aceACE](:[0-9A-Fa-f]{2}){5}");
       default = null;
-      description = "Fixed MAC address; null derives a stable one from the machine-id.";
+      description = "Fixed unicast MAC address; null derives a stable one from the machine-id.";
       example = "52:54:00:12:34:56";
     };
 
@@ -109,7 +110,8 @@ in
     };
 
     image_attr = lib.mkOption {
-      type = types.strMatching "[A-Za-z0-9_][A-Za-z0-9_.-]*";
+      # A Nix attribute name without quotes or dots (`.#a.b` would select b inside a).
+      type = types.strMatching "[A-Za-z_][A-Za-z0-9_-]*";
       default = "image-${name}";
       defaultText = lib.literalExpression ''"image-''${name}"'';
       description = "Flake package the tool builds to get this machine's base image.";

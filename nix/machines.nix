@@ -32,25 +32,40 @@ let
         key: value: value != null && (key != "forwards" || network.type == "user")
       ) network;
 
-  load =
-    name:
+  # One machine's entry from its meta.nix data; `file` names it in errors. Exported as
+  # lib.machineEntry, so the tests judge the same cases as the tool (tests/cases/machines.json).
+  entry =
+    name: file: data:
     let
-      file = dir + "/${name}/meta.nix";
       evaluated = lib.evalModules {
         specialArgs = { inherit name; };
         modules = [
           ./machine-meta.nix
           {
             _file = file;
-            config = import file;
+            config = data;
           }
         ];
       };
       meta = removeAttrs evaluated.config [ "_module" ];
     in
+    meta
+    // {
+      network = checkNetwork (checkName name) meta.network;
+      mac = if meta.mac == null then null else lib.toLower meta.mac;
+    };
+
+  load =
+    name:
+    let
+      file = dir + "/${name}/meta.nix";
+    in
     if builtins.pathExists file then
-      meta // { network = checkNetwork name meta.network; }
+      entry name file (import file)
     else
       throw "machines/${name} has no meta.nix; add one (at least `{ system = \"x86_64-linux\"; }`)";
 in
-lib.genAttrs (map checkName names) load
+{
+  machines = lib.genAttrs (map checkName names) load;
+  inherit entry checkName;
+}

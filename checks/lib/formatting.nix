@@ -1,17 +1,16 @@
-# The Nix files are formatted as `nix fmt` leaves them. nixfmt-rs gives nixfmt's output byte for
-# byte without the Haskell toolchain.
+# The Nix files are formatted as `nix fmt` leaves them, with the formatter nix/formatter.nix chooses.
 {
   lib,
   runCommand,
-  nixfmt-rs,
+  nixfmt,
 }:
 let
   src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ../.;
+    root = ../..;
+    fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ../..;
   };
 in
-runCommand "ivm-formatting" { nativeBuildInputs = [ nixfmt-rs ]; } ''
+runCommand "ivm-formatting" { nativeBuildInputs = [ nixfmt ]; } ''
   cd ${src}
   find . -name '*.nix' -print0 | xargs -0 nixfmt --check
   touch $out

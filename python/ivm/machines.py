@@ -22,6 +22,7 @@ MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB
 MAX_VAR_SIZE_GIB = 64 * 1024  # 64 TiB
 SYSTEMS = {"x86_64-linux": "x86_64", "aarch64-linux": "aarch64"}
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+IMAGE_ATTR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 URI_RE = re.compile(r"[a-z][a-z0-9+.-]*:///?[^\s]*")
 
@@ -218,7 +219,8 @@ def _uri(source: str, at: str, value: Any) -> str | None:
 
 
 def _image_attr(source: str, at: str, value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_'.-]*", value):
+    # A Nix attribute name without quotes or dots: `.#a.b` would select b inside a.
+    if not isinstance(value, str) or not IMAGE_ATTR_RE.fullmatch(value):
         _bad(source, at, f"must be a flake package name like image-web1, not {value!r}")
     return value
 

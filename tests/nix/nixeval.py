@@ -1,9 +1,9 @@
-"""Evaluate this flake with Nix, offline, against a local nixpkgs tree.
+"""Evaluate this flake with Nix against the nixpkgs IVM_NIXPKGS chooses (docs/testing.md).
 
-The tree comes from IVM_NIXPKGS (a nixpkgs checkout or store path), else from the tree that
-shared/tools/setup-nixpkgs.sh lays out (/opt/nix-eval/nixpkgs.storepath). IVM_NIXPKGS=locked uses
-the nixpkgs pinned in flake.lock instead (a host that can download it). Without Nix or a tree the
-tests that need it are skipped, saying which is missing.
+IVM_NIXPKGS=DIR overrides the nixpkgs input with that tree (offline); IVM_NIXPKGS=locked evaluates
+the revision flake.lock pins, which Nix fetches; unset, the tree named by the evaluation-only Nix's
+nixpkgs.storepath file is used when there is one. Without Nix or a nixpkgs the tests that need them
+are skipped, saying which is missing.
 """
 
 from __future__ import annotations
@@ -49,14 +49,31 @@ def require_nix() -> tuple[str, list[str]]:
     """The nix command and its nixpkgs override, or skip the calling test with the reason."""
     nix = nix_binary()
     if nix is None:
-        pytest.skip("Nix is not installed (shared/tools/setup-nix.sh installs an evaluation-only Nix)")
+        pytest.skip("Nix is not installed (put `nix` on PATH)")
     override = nixpkgs_override()
     if override is None:
         pytest.skip(
             "no nixpkgs tree: set IVM_NIXPKGS to a nixpkgs checkout or store path "
-            "(or IVM_NIXPKGS=locked to use flake.lock's), or run shared/tools/setup-nixpkgs.sh"
+            "(or IVM_NIXPKGS=locked to fetch and use flake.lock's)"
         )
     return nix, override
+
+
+def nix_command(*args: str) -> Any:
+    """Runs `nix ARGS` on this flake with the chosen nixpkgs and returns its decoded JSON output."""
+    nix, override = require_nix()
+    cmd = [
+        nix,
+        "--extra-experimental-features",
+        "nix-command flakes",
+        *args,
+        "--no-write-lock-file",
+        *override,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900, cwd=REPO)
+    if proc.returncode != 0:
+        pytest.fail(f"nix {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
 
 
 def nix_eval(attr: str, apply: str | None = None, raw: bool = False) -> Any:

@@ -7,6 +7,7 @@ guest does it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,27 @@ in {
   };
   kernelParams = cfg.boot.kernelParams;
   imageOutPath = cfg.system.build.ivmImage.outPath;
+  # What the initrd may read from /sysroot/nix/store, and what it can: the rendered units, the
+  # paths copied into the initrd, and the roots of the system closure on the root image.
+  initrdUnits = builtins.mapAttrs (_: u: u.text or "") cfg.boot.initrd.systemd.units;
+  initrdStorePaths = map (p: toString p.source) cfg.boot.initrd.systemd.storePaths;
+  closureRoots = [ cfg.system.build.toplevel.outPath ]
+    ++ map toString cfg.system.extraDependencies
+    ++ map (e: toString e.source) (builtins.filter (e: e.enable) (builtins.attrValues cfg.environment.etc));
+  machineIdOwn = map (d: d.value.machine-id) (builtins.filter
+    (d: builtins.match ".*/modules/identity-binds.nix" d.file != null)
+    c.options.environment.etc.definitionsWithLocations);
+  # A nixpkgs that sets its own placeholder with mkDefault (newer than 26.05) must not win.
+  machineIdUnderOtherDefault = let
+    lib = c.pkgs.lib;
+    other = c.extendModules { modules = [ {
+      environment.etc.machine-id = lib.mkDefault { text = "uninitialized\n"; mode = "0644"; };
+    } ]; };
+  in { inherit (other.config.environment.etc.machine-id) text mode; };
+  guestAgent = {
+    enable = cfg.services.qemuGuest.enable;
+    execStart = cfg.systemd.services.qemu-guest-agent.serviceConfig.ExecStart;
+  };
   webServer = cfg.services.static-web-server.enable;
 }) cs
 """
@@ -144,6 +166,85 @@ def test_placeholders_are_bound_over_from_identity_in_the_initrd(
     assert bind["neededForBoot"] is True
 
 
+BINDS = ("/etc/machine-id", "/etc/hostname", "/etc/resolv.conf", "/etc/hosts")
+
+
+@pytest.mark.parametrize("target", BINDS)
+def test_binds_come_before_switch_root_despite_nofail(guest: Mapping[str, Any], target: str) -> None:
+    # nofail drops the generator's Before=initrd-fs.target; only this option puts it back.
+    assert "x-systemd.before=initrd-fs.target" in guest["fs"][target]["options"]
+
+
+@pytest.mark.parametrize("target", BINDS)
+def test_binds_are_ordered_after_whatever_mounts_the_etc_overlay(
+    guest: Mapping[str, Any], target: str
+) -> None:
+    units = guest["initrdUnits"]
+    after = [o.removeprefix("x-systemd.after=") for o in guest["fs"][target]["options"]]
+    mounters = [
+        u
+        for u in after
+        if u in units and ("Where=/sysroot/etc\n" in units[u] or u == "initrd-etc-overlay.service")
+    ]
+    assert mounters, f"{target} is not ordered after the unit that mounts /sysroot/etc: {after}"
+
+
+SYSROOT_STORE = re.compile(r"/sysroot(/nix/store/[0-9a-z]{32}-[^\s\"';:,]+)")
+STORE = re.compile(r"(?<!/sysroot)(/nix/store/[0-9a-z]{32}-[^\s\"';:,/]+)")
+
+
+def test_every_store_path_the_initrd_reads_from_the_root_is_in_the_system_closure(
+    guest: Mapping[str, Any],
+) -> None:
+    # make-initrd-ng drops references, and the root image holds only the system's closure.
+    read = {m for text in guest["initrdUnits"].values() for m in SYSROOT_STORE.findall(text)}
+    roots = guest["closureRoots"]
+    missing = sorted(p for p in read if not any(p == r or p.startswith(r + "/") for r in roots))
+    assert not missing, f"read from /sysroot but not in the system closure: {missing}"
+
+
+def test_every_store_path_the_identity_import_names_is_in_the_initrd(guest: Mapping[str, Any]) -> None:
+    # The commands it runs (Environment= holds nixpkgs' locale and tz paths, unused in the initrd).
+    lines = guest["initrdUnits"]["ivm-identity.service"].splitlines()
+    named = {m for line in lines if line.startswith("Exec") for m in STORE.findall(line)}
+    copied = guest["initrdStorePaths"]
+    missing = sorted(p for p in named if not any(c == p or c.startswith(p + "/") for c in copied))
+    assert named and not missing, f"not copied into the initrd: {missing}"
+
+
+def test_the_identity_disk_is_unmounted_even_when_the_import_fails(guest: Mapping[str, Any]) -> None:
+    service = guest["initrdImport"]["serviceConfig"]
+    # ExecStartPost= runs only after a successful start; ExecStopPost= after a failed one too.
+    assert "-/bin/umount /run/ivm/identity-disk" in service["ExecStopPost"]
+    assert not any("umount" in line for line in service.get("ExecStartPost", []))
+    # A refusal goes to the serial console, where the host can read it.
+    assert service["StandardError"] == "journal+console"
+
+
+def test_the_machine_id_placeholder_is_ours_on_every_nixpkgs(guest: Mapping[str, Any]) -> None:
+    # nixpkgs 26.05 defines no placeholder: ours is then the only definition.
+    assert guest["machineIdOwn"] == [{"text": "", "mode": "0444"}]
+    assert (guest["etc"]["machine-id"]["text"], guest["etc"]["machine-id"]["mode"]) == ("", "0444")
+    # Newer nixpkgs sets one with mkDefault: ours, a plain definition, still decides.
+    assert guest["machineIdUnderOtherDefault"] == {"text": "", "mode": "0444"}
+
+
+def test_the_guest_agent_allows_only_what_ivm_and_libvirt_use(guest: Mapping[str, Any]) -> None:
+    agent = guest["guestAgent"]
+    assert agent["enable"] is True
+    allowed = re.search(r"--allow-rpcs=(\S+)", agent["execStart"])
+    assert allowed, agent["execStart"]
+    assert set(allowed.group(1).split(",")) == {
+        "guest-sync",
+        "guest-sync-delimited",
+        "guest-ping",
+        "guest-info",
+        "guest-network-get-interfaces",
+        "guest-shutdown",
+        "guest-get-osinfo",
+    }
+
+
 def test_machine_id_and_hostname_placeholders_are_empty(guest: Mapping[str, Any]) -> None:
     assert guest["etc"]["machine-id"]["text"] == ""
     assert guest["etc"]["hostname"]["text"] == ""
@@ -158,7 +259,7 @@ def test_identity_import_runs_in_the_initrd_before_the_file_systems_target(
     assert "initrd-fs.target" in unit["before"]
     assert "initrd-fs.target" in unit["wantedBy"]
     assert unit["unitConfig"]["DefaultDependencies"] is False
-    assert "/sysroot/var" in unit["unitConfig"]["RequiresMountsFor"]
+    assert unit["unitConfig"]["RequiresMountsFor"] == ["/sysroot/var"]
     service = unit["serviceConfig"]
     assert service["Type"] == "oneshot"
     exec_start = service["ExecStart"]

@@ -1,4 +1,5 @@
-"""What each identity file may contain. Pure checks on text; the guest applies the same rules again."""
+"""What each identity file may contain. Pure checks on text; the guest applies the same rules again
+(modules/identity-import.sh), and tests/cases/identity.json holds the cases both sides must agree on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ivm.identity.sshkey import parse_private_ed25519, parse_public_key, split_authorized_key
+from ivm.identity.sshkey import PublicKey, parse_private_ed25519, parse_public_key, split_authorized_key
 
 MAX_FILE_BYTES = 64 * 1024
 LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -16,6 +17,8 @@ DNS_NAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
 )
+ZONE_RE = re.compile(r"[A-Za-z0-9_.-]+")
+BASE64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 RESOLV_KEYWORDS = frozenset({"nameserver", "search", "domain", "options", "sortlist"})
 
 
@@ -90,7 +93,7 @@ def check_resolv_conf(text: str) -> None:
 def check_authorized_keys(text: str) -> None:
     for number, line in _content_lines(text):
         try:
-            parse_public_key(split_authorized_key(line))
+            _parse_key(split_authorized_key(line))
         except ValueError as e:
             raise ValueError(f"line {number} {e}") from None
 
@@ -99,8 +102,16 @@ def check_public_key(text: str) -> None:
     lines = [line for _, line in _content_lines(text)]
     if len(lines) != 1:
         raise ValueError("must hold exactly one public key line")
-    if parse_public_key(lines[0]).type != "ssh-ed25519":
+    if _parse_key(lines[0]).type != "ssh-ed25519":
         raise ValueError("must be an ssh-ed25519 public key")
+
+
+def _parse_key(line: str) -> PublicKey:
+    """parse_public_key, refusing also the excess padding Python's base64 decoder lets through."""
+    fields = line.split()
+    if len(fields) >= 2 and not (BASE64_RE.fullmatch(fields[1]) and len(fields[1]) % 4 == 0):
+        raise ValueError("has a key that is not valid base64")
+    return parse_public_key(line)
 
 
 def check_private_key(text: str) -> None:
@@ -108,9 +119,13 @@ def check_private_key(text: str) -> None:
 
 
 def _check_ip(number: int, text: str) -> None:
+    address, percent, zone = text.partition("%")
     try:
-        ipaddress.ip_address(text.split("%", 1)[0])
+        parsed = ipaddress.ip_address(address)
     except ValueError:
+        raise ValueError(f"line {number}: {text[:60]!r} is not an IP address") from None
+    # A zone (fe80::1%eth0) names an interface, and only IPv6 has them.
+    if percent and (parsed.version != 6 or not ZONE_RE.fullmatch(zone)):
         raise ValueError(f"line {number}: {text[:60]!r} is not an IP address") from None
 
 

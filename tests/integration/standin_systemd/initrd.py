@@ -17,7 +17,8 @@ DRIVERS = ("virtio_pci", "virtio_blk", "erofs", "ext4", "crc32c_generic")
 # Every tool the guest's units and identity-import.sh call, and what systemd-makefs and fsck run.
 TOOLS = (
     "bash", "mkdir", "mount", "umount", "rmdir", "udevadm", "stat", "tr", "wc", "install", "sync",
-    "mv", "rm", "dirname", "cat", "chmod", "ls", "printf", "mkfs.ext4", "mke2fs", "e2fsck", "fsck",
+    "mv", "rm", "dirname", "cat", "chmod", "ls", "printf", "base64", "head", "od",
+    "mkfs.ext4", "mke2fs", "e2fsck", "fsck",
     "fsck.ext4", "/usr/lib/systemd/systemd-makefs", "/etc/mke2fs.conf",
 )  # fmt: skip
 

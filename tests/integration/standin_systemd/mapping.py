@@ -38,13 +38,13 @@ MAPPINGS = (
         "the import swaps /var/identity in one rename; Debian 13's coreutils has --exchange itself",
     ),
     Mapping(
-        "the base hosts file at /sysroot/nix/store/…-hosts",
-        "a file at that store path in the stand-in's root holding NixOS's default localhost lines",
-        "the root holds the two store files the unit reads, by their evaluated paths",
+        "the base hosts file at /nix/store/…-hosts (initrd, or root when named under /sysroot)",
+        "a file at that store path holding NixOS's default localhost lines",
+        "the stand-in holds the two store files the unit reads, by their evaluated paths",
     ),
     Mapping(
-        "the default resolv.conf at /sysroot/nix/store/…-resolv.conf",
-        "a file at that store path in the stand-in's root with ivm.identity.defaultResolvConf",
+        "the default resolv.conf at /nix/store/…-resolv.conf (initrd, or root when under /sysroot)",
+        "a file at that store path with ivm.identity.defaultResolvConf",
         "same",
     ),
     Mapping(
@@ -116,16 +116,29 @@ def importer_text(import_script: str) -> str:
     return f"#!/bin/bash\nset -o nounset\nset -o pipefail\n\n{import_script}"
 
 
-def root_store_files(golden: GuestGolden) -> dict[str, str]:
-    """Store files the units read from /sysroot: path in the root -> content."""
+def _store_file(path: str, golden: GuestGolden) -> str | None:
+    if path.endswith("-hosts"):
+        return BASE_HOSTS
+    if path.endswith("-resolv.conf"):
+        return golden.default_resolv_conf
+    return None
+
+
+def store_files(golden: GuestGolden, in_root: bool) -> dict[str, str]:
+    """Store files the identity unit reads, path -> content: those it names under /sysroot live in
+    the root (`in_root`), the others in the initrd."""
     unit = golden.units["ivm-identity.service"]
     files: dict[str, str] = {}
-    for path in STORE_PATH.findall(unit):
-        if path.endswith("-hosts"):
-            files[path] = BASE_HOSTS
-        elif path.endswith("-resolv.conf"):
-            files[path] = golden.default_resolv_conf
+    for line in unit.splitlines():
+        for path in STORE_PATH.findall(line):
+            content = _store_file(path, golden)
+            if content is not None and (f"/sysroot{path}" in line) == in_root:
+                files[path] = content
     return files
+
+
+def root_store_files(golden: GuestGolden) -> dict[str, str]:
+    return store_files(golden, in_root=True)
 
 
 def initrd_files(golden: GuestGolden, import_script: str, systemd_major: int) -> dict[str, str]:
@@ -134,6 +147,7 @@ def initrd_files(golden: GuestGolden, import_script: str, systemd_major: int) ->
     files = {f"/etc/systemd/system/{name}": text for name, text in golden.units.items()}
     files[golden.fstab_path] = initrd_fstab(golden, systemd_major)
     files[importer_path(golden)] = importer_text(import_script)
+    files.update(store_files(golden, in_root=False))
     files["/etc/systemd/system.conf.d/ivm.conf"] = (
         f"[Manager]\nManagerEnvironment={env}\nDefaultTimeoutStartSec=600s\nDefaultDeviceTimeoutSec=600s\n"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.integration.standin.kernel import StandinError, cache_dir, run
 
 from .golden import GuestGolden
-from .mapping import root_store_files
+from .mapping import BASE_HOSTS, root_store_files
 
 PACKAGES = (
     "systemd",
@@ -142,7 +142,7 @@ def shape_root(root: Path, golden: GuestGolden, kernel_modules: Path, version: s
     _write(root, "/etc/resolv.conf", golden.default_resolv_conf)
     for path, text in root_store_files(golden).items():
         _write(root, path, text, 0o444)
-    _write(root, "/etc/hosts", next(t for p, t in root_store_files(golden).items() if p.endswith("-hosts")))
+    _write(root, "/etc/hosts", BASE_HOSTS)
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
