@@ -8,7 +8,6 @@ stand-in guest image (a UEFI disk that prints `IVM-REPORT ...` lines on its cons
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -26,6 +25,7 @@ from tests.integration.harness.pool import scratch_pool_dir
 from tests.integration.standin.image import build_standin_image
 
 from bench.stats import clock
+from ivm.runtime_dir import candidates, file_name
 
 
 class BenchError(RuntimeError):
@@ -184,11 +184,10 @@ class Lab:
         self._write_machines()
 
     def _remove_lock(self, name: str) -> None:
-        # ivm's lock files (ivm/lock.py), /run/lock/ivm/<sha256(uri)[:12]>-<name>.lock: one per VM,
-        # and _<name> for shared work (a base import, the pool's creation)
-        tag = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
-        for lock in (f"{tag}-{name}.lock", f"{tag}-_{name}.lock"):
-            (Path("/run/lock/ivm") / lock).unlink(missing_ok=True)
+        # ivm's lock files (ivm/lock.py) in its runtime directory: one per VM, and _<name> for
+        # shared work (a base import, the pool's creation)
+        for lock in (file_name(self.uri, name, ".lock"), file_name(self.uri, f"_{name}", ".lock")):
+            (candidates()[0] / lock).unlink(missing_ok=True)
 
     def remove_everything(self) -> None:
         """Every domain named with this run's prefix, every volume in the pool, then the pool."""

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from ivm.errors import ToolError
+from ivm.runtime_dir import file_name, runtime_dir
 
 log = logging.getLogger("ivm.lock")
-
-
-def lock_dir() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if os.geteuid() == 0:
-        return Path("/run/lock/ivm")
-    if runtime:
-        return Path(runtime) / "ivm"
-    return Path.home() / ".cache" / "ivm" / "locks"
 
 
 @contextmanager
@@ -32,25 +23,26 @@ def resource_lock(uri: str, name: str, wait: bool = False) -> Iterator[None]:
     which the holder finishes for us).
 
     flock is released by the kernel when the process dies, so a killed run never leaves it stuck.
+    libvirt's test driver lives inside this process, so nothing is shared to lock there.
     """
-    directory = lock_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tag = hashlib.sha256(uri.encode()).hexdigest()[:12]
-    path = directory / f"{tag}-{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if uri.startswith("test:"):
+        yield
+        return
+    with runtime_dir() as directory:
+        fd = directory.open(file_name(uri, name, ".lock"), os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            holder = holder_of(os.pread(fd, 32, 0))
             if wait:
-                log.info("waiting for ivm (pid %s) to finish with %s", holder, name)
+                log.info("waiting for %s to finish with %s", holder, name)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
                 raise ToolError(
-                    f"{name} is busy: ivm (pid {holder}) is already working on it",
+                    f"{name} is busy: {holder} is already working on it",
                     "wait for that run to finish, then try again",
                 ) from None
         os.ftruncate(fd, 0)
@@ -58,3 +50,9 @@ def resource_lock(uri: str, name: str, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def holder_of(content: bytes) -> str:
+    """Who holds a lock, from its file: a pid in digits, nothing else reaches the terminal."""
+    text = content.decode("ascii", errors="replace").strip()
+    return f"ivm (pid {text})" if re.fullmatch(r"[0-9]{1,10}", text) else "another ivm run"

@@ -24,12 +24,12 @@ def test_ssh_is_strict_and_never_asks() -> None:
     joined = " ".join(argv)
     for option in (
         "StrictHostKeyChecking=yes",
-        "UserKnownHostsFile=/k",
+        'UserKnownHostsFile="/k"',
         "GlobalKnownHostsFile=/dev/null",
         "HostKeyAlias=ivm-web1",
     ):
         assert option in joined
-    assert argv[-3:] == ["192.0.2.5", "--", "uptime"]
+    assert argv[-3:] == ["--", "192.0.2.5", "uptime"]
     assert ssh_argv("a", "h", "u", Path("/k"), [])[-1] == "h"
 
 

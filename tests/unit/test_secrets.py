@@ -100,7 +100,7 @@ def test_tracked_tree_holds_no_private_key() -> None:
         ("machines/web1/.keygen-abc123/key", True),
         ("machines/web1/.keygen-abc123/key.pub", True),
         ("machines/web1/ssh_host_ed25519_key.pub", False),
-        ("machines/web1/machine-id", False),
+        ("machines/web1/machine-id", True),
         ("machines/web1/meta.nix", False),
     ],
 )

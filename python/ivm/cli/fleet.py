@@ -37,7 +37,8 @@ def status(
 ) -> None:
     """Show state, base, disks and var usage of the named machines (default: all), and drift: whether
     each runs an older base than the current build (--image's, else the flake's by `nix eval`, else
-    the newest base in the pool that a VM of the same image runs)."""
+    the newest base in the pool that a VM of the same image runs). On a local pool it also lists
+    ownership drift of each VM's read-only disks, which `ivm start` repairs."""
     rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
     output.print_status(rows, as_json, detail=True)
 
@@ -118,9 +119,10 @@ def gc(settings: Settings, dry_run: bool) -> None:
 def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> None:
     """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
 
-    The address comes from libvirt's DHCP leases or the guest agent; a machine with a user-mode NIC
-    (network type "user") is reached through its forward to port 22 on 127.0.0.1. Anything after
-    `--` is the remote command: ivm ssh web1 -- uptime
+    The address comes from libvirt's DHCP leases or the guest agent; only an IP address of the
+    VM's own network card is used. A machine with a user-mode NIC (network type "user") is reached
+    through its forward to port 22 on 127.0.0.1. Agent, X11 and port forwarding are off whatever ~/.ssh/config
+    says. Anything after `--` is the remote command: ivm ssh web1 -- uptime
     """
     argv = ssh_ops.prepare_ssh(settings, name, user, command)
     os.execv(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 import libvirt
+from lxml import etree
 
 from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
@@ -158,8 +161,11 @@ def restart_pending(dom: Any) -> bool:
 
 
 def addresses(dom: Any) -> list[str]:
-    """The VM's IP addresses: from libvirt's DHCP leases, else from the guest agent."""
-    found: list[str] = []
+    """The VM's IP addresses: from libvirt's DHCP leases, else from the guest agent.
+
+    The agent's answer is the guest's word: only IP addresses of the domain's own NICs are kept.
+    """
+    macs = interface_macs(str(dom.XMLDesc(0)))
     for source in (
         libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
         libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
@@ -168,13 +174,48 @@ def addresses(dom: Any) -> list[str]:
             interfaces = dom.interfaceAddresses(source, 0) or {}
         except libvirt.libvirtError:
             continue  # no lease source (bridged NIC) or no agent in the guest
-        for name, iface in sorted(interfaces.items()):
-            if name == "lo":
-                continue
-            for addr in iface.get("addrs") or []:
-                ip = addr.get("addr")
-                if ip and not ip.startswith(("127.", "fe80:", "::1")) and ip not in found:
-                    found.append(ip)
+        found = usable_addresses(interfaces, macs)
         if found:
-            break
+            return found
+    return []
+
+
+def interface_macs(domain_xml: str) -> frozenset[str]:
+    """The MAC addresses of the domain's network interfaces, lowercased."""
+    root = etree.fromstring(domain_xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+    return frozenset(str(m).lower() for m in root.xpath("devices/interface/mac/@address"))
+
+
+def usable_addresses(interfaces: Mapping[str, Any], macs: frozenset[str]) -> list[str]:
+    """The addresses in a libvirt interfaceAddresses() answer that ssh may be pointed at: real IP
+    addresses (never an option-like string) on an interface whose MAC is one of the domain's."""
+    found: list[str] = []
+    for _, iface in sorted(interfaces.items(), key=lambda item: str(item[0])):
+        hwaddr = iface.get("hwaddr") if isinstance(iface, Mapping) else None
+        if not isinstance(hwaddr, str) or hwaddr.lower() not in macs:
+            continue
+        for addr in iface.get("addrs") or []:
+            ip = routable_ip(addr.get("addr") if isinstance(addr, Mapping) else None)
+            if ip is not None and ip not in found:
+                found.append(ip)
     return found
+
+
+def routable_ip(value: object) -> str | None:
+    """`value` as a canonical IP address if it is one a VM can be reached at, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return None  # a zone names a host interface the guest picked
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        return None
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return None
+    return str(ip)

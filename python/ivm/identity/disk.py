@@ -8,9 +8,11 @@ copies known names with fixed modes), but files are made root-owned anyway so th
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from ivm.errors import ToolError
 from ivm.identity.rules import RULE
 from ivm.identity.source import Identity
 from ivm.run import run
@@ -21,7 +23,12 @@ E2FSPROGS = "e2fsprogs (mkfs.ext4, debugfs)"
 
 
 def build_identity_disk(identity: Identity, output: Path) -> Path:
-    """Write the identity image to `output` (mode 0600: it holds the private host key)."""
+    """Write the identity image to `output` (mode 0600: it holds the private host key).
+
+    The image is made inside a private temporary directory (mkfs and debugfs open it by name), then
+    copied to a new file beside `output` and renamed over it: nothing planted at `output`, such as
+    a symlink, is ever followed or written through.
+    """
     with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
         staging = Path(tmp) / "root"
         staging.mkdir(mode=0o755)
@@ -32,8 +39,8 @@ def build_identity_disk(identity: Identity, output: Path) -> Path:
                 f.write(data)
             path.chmod(RULE[name].mode)  # the umask must not narrow the documented modes
         staging.chmod(0o755)
-        output.unlink(missing_ok=True)
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        image = Path(tmp) / "identity.img"
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         os.close(fd)
         run(
             [
@@ -50,15 +57,36 @@ def build_identity_disk(identity: Identity, output: Path) -> Path:
                 fs_uuid(identity.digest),
                 "-d",
                 str(staging),
-                str(output),
+                str(image),
                 SIZE,
             ],
             package=E2FSPROGS,
             what="making the identity filesystem",
         )
         if os.geteuid() != 0:
-            _make_root_owned(output, [str(name) for name in identity.files])
+            _make_root_owned(image, [str(name) for name in identity.files])
+        _publish(image, output)
     return output
+
+
+def _publish(image: Path, output: Path) -> None:
+    """Copy `image` to a new 0600 file beside `output`, then rename it over `output`."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+    except OSError as e:
+        raise ToolError(f"cannot write into {output.parent}: {e.strerror}", "pick another OUTPUT") from None
+    try:
+        with os.fdopen(fd, "wb") as dst, image.open("rb") as src:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        try:
+            Path(tmp).replace(output)  # replaces a file or symlink at output; follows neither
+        except OSError as e:
+            raise ToolError(f"cannot write {output}: {e.strerror}", "pick another OUTPUT") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _make_root_owned(image: Path, names: list[str]) -> None:

@@ -54,7 +54,21 @@ class Identity:
 
 
 def machine_dir(root: Path, name: str) -> Path:
-    return root / "machines" / name
+    """machines/<name>, refused if it is a symlink: a committed `machines/web1 -> web2` would hand
+    web2's host key and machine-id to web1. Every command that reads a machine folder comes here."""
+    path = root / "machines" / name
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{path} is not a directory but a symbolic link",
+            "make it a plain folder holding this machine's own identity files",
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{path} is not a directory", "make it a plain folder holding the identity files")
+    return path
 
 
 def load_identity(directory: Path, hostname: str | None = None, generate: bool = True) -> Identity:
@@ -91,7 +105,7 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
         raise UsageError(
             f"{directory} is not a directory", "make it a plain folder holding the identity files"
         )
-    make_dirs(directory)
+    _make_folder(directory)
     made: list[Name] = []
     if not _exists(directory / Name.MACHINE_ID):
         _write_new(directory / Name.MACHINE_ID, f"{secrets.token_hex(16)}\n".encode(), 0o644)
@@ -119,6 +133,16 @@ def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
             _write_new(pub, f"{public.line()}\n".encode(), 0o644)
             made.append(Name.HOST_KEY_PUB)
     return made
+
+
+def _make_folder(directory: Path) -> None:
+    """Create the machine folder (and missing parents) 0755 whatever the user's umask: it holds
+    public files, and the private key in it is 0600 itself. An existing folder keeps its mode."""
+    old = os.umask(0o022)  # make_dirs creates with 0777 & ~umask
+    try:
+        make_dirs(directory)
+    finally:
+        os.umask(old)
 
 
 def _generate_host_key(directory: Path, comment_host: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,9 +9,11 @@ from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, addresses, require
 from ivm.identity.source import load_identity, machine_dir
+from ivm.machines import NetworkType
 from ivm.names import check_vm_name
 from ivm.ops.session import open_hypervisor
 from ivm.run import find_tool
+from ivm.runtime_dir import file_name, runtime_dir
 
 
 def known_hosts_line(alias: str, public_key: str) -> str:
@@ -21,35 +21,59 @@ def known_hosts_line(alias: str, public_key: str) -> str:
     return f"{alias} {key_type} {blob}\n"
 
 
+# ssh options that a user's ~/.ssh/config could set and that must not apply to a VM whose guest may
+# be hostile: no agent or X11 forwarding into it, no forwarded ports, no commands run on the host, no
+# shared connection, no host key learnt or checked by address.
+HARDENING = (
+    "ForwardAgent=no",
+    "ForwardX11=no",
+    "ClearAllForwardings=yes",
+    "PermitLocalCommand=no",
+    "ProxyCommand=none",
+    "ProxyJump=none",
+    "ControlMaster=no",
+    "ControlPath=none",
+    "Tunnel=no",
+    "CheckHostIP=no",
+    "UpdateHostKeys=no",
+)
+
+
 def ssh_argv(
     alias: str, address: str, user: str, known_hosts: Path, command: Sequence[str], port: int | None = None
 ) -> list[str]:
     """ssh with strict checking against one known_hosts file; the alias ties the key to the VM, not
-    to an address that DHCP may hand to another VM later."""
-    return [
-        "ssh",
-        "-o", f"HostKeyAlias={alias}",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "UpdateHostKeys=no",
-        "-l", user,
-        *(["-p", str(port)] if port is not None else []),
-        address,
-        *(["--", *command] if command else []),
-    ]  # fmt: skip
+    to an address that DHCP may hand to another VM later. `--` ends the options before the address,
+    so nothing the guest reports is ever read as an option."""
+    strict = (
+        f"HostKeyAlias={alias}",
+        f"UserKnownHostsFile={ssh_config_path(known_hosts)}",
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+    )
+    options = [arg for option in (*strict, *HARDENING) for arg in ("-o", option)]
+    port_args = ["-p", str(port)] if port is not None else []
+    return ["ssh", *options, "-l", user, *port_args, "--", address, *command]
 
 
-def known_hosts_path(uri: str, name: str) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ivm" / "known_hosts"
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return cache / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{name}"
+def ssh_config_path(path: Path) -> str:
+    """`path` as one ssh_config argument: quoted (it may hold spaces), `%` kept literal."""
+    text = str(path)
+    if '"' in text or any(ord(c) < 32 for c in text):
+        raise ToolError(f"cannot hand ssh the path {text!r}", "set XDG_RUNTIME_DIR to a plain path")
+    return '"' + text.replace("%", "%%") + '"'
 
 
 def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
     """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
     check_vm_name(name)
     machine = settings.machine(name)
+    if machine.network.type is NetworkType.NONE:
+        raise ToolError(
+            f"{name} has no network (its network type is none), so ssh cannot reach it",
+            f"use `ivm console {name}`, or give it a network in machines/{name}/meta.nix "
+            f"and run `ivm define {name}` and restart it",
+        )
     uri = settings.uri_for(machine)
     # A user-mode NIC is reached only through its forward on the hypervisor's loopback.
     forward = machine.network.forward_to(22)
@@ -66,10 +90,9 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
             "wait for the guest to boot, or check its network",
         )
     alias = f"ivm-{name}"
-    path = known_hosts_path(uri, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(known_hosts_line(alias, identity.host_public_key))
+    with runtime_dir() as directory:  # rewritten each time: the identity's key is the only truth
+        line = known_hosts_line(alias, identity.host_public_key)
+        path = directory.write(file_name(uri, name, ".known_hosts"), line.encode())
     argv = ssh_argv(alias, found[0], user, path, command, forward.host if forward else None)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv
