@@ -59,16 +59,43 @@ in
             type = types.enum [
               "network"
               "bridge"
+              "user"
               "none"
             ];
-            description = "A libvirt network, a host bridge, or no NIC at all.";
+            description = "A libvirt network, a host bridge, QEMU's user-mode NIC (no route out; `forwards` only), or no NIC at all.";
             example = "bridge";
           };
           name = lib.mkOption {
             type = types.nullOr (types.strMatching "[A-Za-z0-9_.:-]{1,64}");
             default = null;
-            description = "Name of the libvirt network or host bridge; unset for `none`.";
+            description = "Name of the libvirt network or host bridge; unset for `user` and `none`.";
             example = "br0";
+          };
+          forwards = lib.mkOption {
+            type = types.listOf (
+              types.submodule {
+                options = {
+                  host = lib.mkOption {
+                    type = types.ints.between 1 65535;
+                    description = "TCP port on the hypervisor's 127.0.0.1.";
+                    example = 2222;
+                  };
+                  guest = lib.mkOption {
+                    type = types.ints.between 1 65535;
+                    description = "TCP port of the guest it reaches.";
+                    example = 22;
+                  };
+                };
+              }
+            );
+            default = [ ];
+            description = "For `user`: TCP ports forwarded from 127.0.0.1 on the hypervisor to the guest; `ivm ssh` uses the one to port 22.";
+            example = [
+              {
+                host = 2222;
+                guest = 22;
+              }
+            ];
           };
         };
       };

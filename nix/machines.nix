@@ -15,12 +15,22 @@ let
 
   checkNetwork =
     name: network:
-    if network.type == "none" && network.name != null then
-      throw "machines/${name}/meta.nix: network.name = \"${network.name}\" makes no sense with network.type = \"none\"; remove network.name"
-    else if network.type != "none" && network.name == null then
+    let
+      named = lib.elem network.type [
+        "network"
+        "bridge"
+      ];
+    in
+    if !named && network.name != null then
+      throw "machines/${name}/meta.nix: network.name = \"${network.name}\" makes no sense with network.type = \"${network.type}\"; remove network.name"
+    else if named && network.name == null then
       throw "machines/${name}/meta.nix: network.type = \"${network.type}\" needs network.name (the libvirt network or host bridge)"
+    else if network.type != "user" && network.forwards != [ ] then
+      throw "machines/${name}/meta.nix: network.forwards needs network.type = \"user\"; remove it or change the type"
     else
-      lib.filterAttrs (_: value: value != null) network;
+      lib.filterAttrs (
+        key: value: value != null && (key != "forwards" || network.type == "user")
+      ) network;
 
   # One machine's entry from its meta.nix data; `file` names it in errors. Exported as
   # lib.machineEntry, so the tests judge the same cases as the tool (tests/cases/machines.json).

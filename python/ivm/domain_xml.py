@@ -18,6 +18,11 @@ from ivm.volumes import VmVolumes
 
 NAMESPACE = "urn:x-ivm:domain:1"
 M = ElementMaker(namespace=NAMESPACE, nsmap={"ivm": NAMESPACE})
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+Q = ElementMaker(namespace=QEMU_NAMESPACE, nsmap={"qemu": QEMU_NAMESPACE})
+USER_NETDEV = "ivmnet0"
+# A root-bus slot libvirt leaves alone (it fills slots from 0x1 up): QEMU's arguments come first.
+USER_NIC_ADDRESS = "bus=pcie.0,addr=0x18"
 MACHINE_TYPES = {"x86_64": "q35", "aarch64": "virt"}
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
@@ -98,6 +103,7 @@ def domain_element(spec: DomainSpec) -> etree._Element:
         E.clock(offset="utc"),
         E.devices(*_devices(spec)),
         *_seclabel(spec),
+        *_user_network(spec),
         type=spec.virt_type,
     )
 
@@ -185,7 +191,7 @@ def _devices(spec: DomainSpec) -> list[etree._Element]:
         _disk(v.identity, spec.pool, "raw", "vdc", E.serial("identity"), E.readonly()),
     ]
     net = spec.machine.network
-    if net.type is not NetworkType.NONE:
+    if net.type in (NetworkType.NETWORK, NetworkType.BRIDGE):
         source = E.source(network=net.name) if net.type is NetworkType.NETWORK else E.source(bridge=net.name)
         devices.append(
             E.interface(
@@ -203,6 +209,22 @@ def _devices(spec: DomainSpec) -> list[etree._Element]:
         E.memballoon(model="virtio"),
     ]
     return devices
+
+
+def _user_network(spec: DomainSpec) -> list[etree._Element]:
+    """QEMU's user-mode NIC with restrict=on (the guest reaches nothing but its forwards) and each
+    forward bound to 127.0.0.1. Passed as QEMU arguments: libvirt's own <interface type='user'>
+    has port forwards only with the passt backend (not in libvirt 9.0), and passt cannot restrict."""
+    net = spec.machine.network
+    if net.type is not NetworkType.USER:
+        return []
+    netdev = ",".join(
+        [f"user,id={USER_NETDEV},restrict=on"]
+        + [f"hostfwd=tcp:127.0.0.1:{f.host}-:{f.guest}" for f in net.forwards]
+    )
+    mac = spec.machine.mac or domain_mac(spec.machine_id)
+    args = ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={USER_NETDEV},mac={mac},{USER_NIC_ADDRESS}"]
+    return [Q.commandline(*(Q.arg(value=a) for a in args))]
 
 
 def covers(desired: etree._Element, actual: etree._Element) -> bool:

@@ -30,13 +30,26 @@ BRIDGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 class NetworkType(StrEnum):
     NETWORK = "network"
     BRIDGE = "bridge"
+    USER = "user"  # QEMU's user-mode NIC: no route out, TCP ports forwarded from 127.0.0.1
     NONE = "none"
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A TCP port on the hypervisor's 127.0.0.1 forwarded to a port of the guest."""
+
+    host: int
+    guest: int
 
 
 @dataclass(frozen=True)
 class Network:
     type: NetworkType
-    name: str = ""  # the libvirt network or host bridge; empty for "none"
+    name: str = ""  # the libvirt network or host bridge; empty for "user" and "none"
+    forwards: tuple[PortForward, ...] = ()  # "user" only
+
+    def forward_to(self, guest_port: int) -> PortForward | None:
+        return next((f for f in self.forwards if f.guest == guest_port), None)
 
 
 @dataclass(frozen=True)
@@ -173,15 +186,43 @@ def _network(source: str, at: str, value: Any) -> Network:
         _bad(source, at, 'must be an object like {"type": "network", "name": "default"}')
     kind = value.get("type")
     if not isinstance(kind, str) or kind not in {t.value for t in NetworkType}:
-        _bad(source, f"{at}.type", f"must be network, bridge or none, not {kind!r}")
+        _bad(source, f"{at}.type", f"must be network, bridge, user or none, not {kind!r}")
     if kind == NetworkType.NONE:
         _no_extra(source, at, value, {"type"})
         return Network(NetworkType.NONE)
+    if kind == NetworkType.USER:
+        _no_extra(source, at, value, {"type", "forwards"})
+        return Network(
+            NetworkType.USER, forwards=_forwards(source, f"{at}.forwards", value.get("forwards", []))
+        )
     _no_extra(source, at, value, {"type", "name"})
     name = value.get("name")
     if not isinstance(name, str) or not BRIDGE_RE.fullmatch(name):
         _bad(source, f"{at}.name", f"must name a libvirt {kind} (letters, digits, _.:-), not {name!r}")
     return Network(NetworkType(kind), name)
+
+
+def _forwards(source: str, at: str, value: Any) -> tuple[PortForward, ...]:
+    if not isinstance(value, list):
+        _bad(source, at, 'must be a list like [{"host": 2222, "guest": 22}]')
+    forwards = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            _bad(source, f"{at}[{i}]", 'must be an object like {"host": 2222, "guest": 22}')
+        _no_extra(source, f"{at}[{i}]", item, {"host", "guest"})
+        for key in ("host", "guest"):
+            if key not in item:
+                _bad(source, f"{at}[{i}].{key}", "is missing")
+        forwards.append(
+            PortForward(
+                _int(source, f"{at}[{i}].host", item["host"], 65535),
+                _int(source, f"{at}[{i}].guest", item["guest"], 65535),
+            )
+        )
+    hosts = [f.host for f in forwards]
+    if len(set(hosts)) != len(hosts):
+        _bad(source, at, "forwards the same host port twice")
+    return tuple(forwards)
 
 
 def _mac(source: str, at: str, value: Any) -> str | None:

@@ -303,12 +303,12 @@ CASES: tuple[Case, ...] = (
     bad_json("system-list", r"system must be one of .* not \[\]", lambda w: w.machine(system=[])),
     bad_json(
         "network-type-list",
-        r"network\.type must be network, bridge or none, not \{\}",
+        r"network\.type must be network, bridge, user or none, not \{\}",
         lambda w: w.machine(network={"type": {}, "name": "x"}),
     ),
     bad_json(
         "network-type",
-        r"network\.type must be network, bridge or none, not 'macvtap'",
+        r"network\.type must be network, bridge, user or none, not 'macvtap'",
         lambda w: w.machine(network={"type": "macvtap", "name": "eth0"}),
         daemon=True,
     ),

@@ -33,7 +33,13 @@ def test_design_example_loads() -> None:
 
 @pytest.mark.parametrize(
     "network",
-    [{"type": "bridge", "name": "br0"}, {"type": "none"}, {"type": "network", "name": "lan-2"}],
+    [
+        {"type": "bridge", "name": "br0"},
+        {"type": "none"},
+        {"type": "network", "name": "lan-2"},
+        {"type": "user", "forwards": [{"host": 2222, "guest": 22}]},
+        {"type": "user"},
+    ],
 )
 def test_network_kinds(network: dict[str, str]) -> None:
     assert parse_machines(doc(a=machine_entry(network=network)))["a"].network.type == network["type"]
@@ -63,6 +69,23 @@ def test_mac_is_normalised_and_uri_kept() -> None:
         (doc(a=machine_entry(network={"type": "vde"})), "machines.a.network.type must be"),
         (doc(a=machine_entry(network={"type": "bridge"})), "machines.a.network.name must name"),
         (doc(a=machine_entry(network={"type": "none", "name": "x"})), "machines.a.network.name is not"),
+        (doc(a=machine_entry(network={"type": "user", "name": "x"})), "machines.a.network.name is not"),
+        (
+            doc(a=machine_entry(network={"type": "bridge", "name": "br0", "forwards": []})),
+            "machines.a.network.forwards is not",
+        ),
+        (
+            doc(a=machine_entry(network={"type": "user", "forwards": [{"host": 0, "guest": 22}]})),
+            "machines.a.network.forwards[0].host must be",
+        ),
+        (
+            doc(a=machine_entry(network={"type": "user", "forwards": [{"host": 2222}]})),
+            "machines.a.network.forwards[0].guest is missing",
+        ),
+        (
+            doc(a=machine_entry(network={"type": "user", "forwards": [{"host": 1, "guest": 2}] * 2})),
+            "machines.a.network.forwards forwards the same host port twice",
+        ),
         (doc(a=machine_entry(mac="52:54:00:zz:00:00")), "machines.a.mac must be null or a MAC"),
         (doc(a=machine_entry(mac="01:00:5e:00:00:01")), "multicast"),
         (doc(a=machine_entry(libvirt_uri="not a uri")), "machines.a.libvirt_uri must be null"),
@@ -87,6 +110,15 @@ def test_unknown_machine_lists_known_ones() -> None:
     machines = parse_machines(doc(web1=machine_entry(), web2=machine_entry()))
     with pytest.raises(UsageError, match=r"unknown machine 'db' \(known: web1, web2\)"):
         get_machine(machines, "db")
+
+
+def test_user_network_forwards() -> None:
+    net = parse_machines(
+        doc(a=machine_entry(network={"type": "user", "forwards": [{"host": 2222, "guest": 22}]}))
+    )["a"].network
+    assert net.type is NetworkType.USER and net.name == ""
+    assert net.forward_to(22) is not None and net.forward_to(22).host == 2222  # type: ignore[union-attr]
+    assert net.forward_to(80) is None
 
 
 def test_the_shipped_example_loads_with_its_defaults() -> None:

@@ -321,7 +321,8 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
     """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
 
     The address comes from libvirt's DHCP leases or the guest agent; only an IP address of the
-    VM's own network card is used. Agent, X11 and port forwarding are off whatever ~/.ssh/config
+    VM's own network card is used. A machine with a user-mode NIC (network type "user") is reached
+    through its forward to port 22 on 127.0.0.1. Agent, X11 and port forwarding are off whatever ~/.ssh/config
     says. Anything after `--` is the remote command: ivm ssh web1 -- uptime
     """
     argv = ssh_ops.prepare_ssh(settings, name, user, command)

@@ -39,7 +39,9 @@ HARDENING = (
 )
 
 
-def ssh_argv(alias: str, address: str, user: str, known_hosts: Path, command: Sequence[str]) -> list[str]:
+def ssh_argv(
+    alias: str, address: str, user: str, known_hosts: Path, command: Sequence[str], port: int | None = None
+) -> list[str]:
     """ssh with strict checking against one known_hosts file; the alias ties the key to the VM, not
     to an address that DHCP may hand to another VM later. `--` ends the options before the address,
     so nothing the guest reports is ever read as an option."""
@@ -50,7 +52,8 @@ def ssh_argv(alias: str, address: str, user: str, known_hosts: Path, command: Se
         "StrictHostKeyChecking=yes",
     )
     options = [arg for option in (*strict, *HARDENING) for arg in ("-o", option)]
-    return ["ssh", *options, "-l", user, "--", address, *command]
+    port_args = ["-p", str(port)] if port is not None else []
+    return ["ssh", *options, "-l", user, *port_args, "--", address, *command]
 
 
 def ssh_config_path(path: Path) -> str:
@@ -72,12 +75,14 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
             f"and run `ivm define {name}` and restart it",
         )
     uri = settings.uri_for(machine)
+    # A user-mode NIC is reached only through its forward on the hypervisor's loopback.
+    forward = machine.network.forward_to(22)
     identity = load_identity(machine_dir(settings.project_root, name), name, generate=False)
     with open_hypervisor(settings, uri) as hv:
         dom = require(hv.domains.lookup(name), name)
         if hv.domains.state(dom) is not State.RUNNING:
             raise ToolError(f"{name} is not running", f"start it: ivm start {name}")
-        found = addresses(dom)
+        found = ["127.0.0.1"] if forward else addresses(dom)
     if not found:
         raise ToolError(
             f"no IP address known for {name}",
@@ -88,6 +93,6 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
     with runtime_dir() as directory:  # rewritten each time: the identity's key is the only truth
         line = known_hosts_line(alias, identity.host_public_key)
         path = directory.write(file_name(uri, name, ".known_hosts"), line.encode())
-    argv = ssh_argv(alias, found[0], user, path, command)
+    argv = ssh_argv(alias, found[0], user, path, command, forward.host if forward else None)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv
