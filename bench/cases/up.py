@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import libvirt
 from tests.integration.harness.daemon import virt_type
 
 from bench.cases.profile import profile_command
@@ -95,7 +96,36 @@ def daemon_floor(lab: Lab, name: str) -> float:
     return c.seconds
 
 
+def remove_cloud_init_seeds(lab: Lab, pool_existed: bool) -> None:
+    """virt-install --cloud-init leaves its seed ISO and data in libvirt's `boot` pool
+    (/var/lib/libvirt/boot), making the pool if it was missing: take back what this run added."""
+    try:
+        pool = lab.conn.storagePoolLookupByName("boot")
+    except libvirt.libvirtError:
+        return
+    pool.refresh(0)
+    for vol in pool.listAllVolumes():
+        if vol.name().startswith("virtinst-"):
+            vol.delete(0)
+    if not pool_existed:
+        pool.destroy()
+        pool.delete(0)
+        pool.undefine()
+
+
+def boot_pool_exists(lab: Lab) -> bool:
+    return "boot" in lab.conn.listStoragePools() + lab.conn.listDefinedStoragePools()
+
+
 def run(lab: Lab, runs: int) -> dict[str, Any]:
+    boot_pool_existed = boot_pool_exists(lab)
+    try:
+        return _run(lab, runs)
+    finally:
+        remove_cloud_init_seeds(lab, boot_pool_existed)
+
+
+def _run(lab: Lab, runs: int) -> dict[str, Any]:
     image = lab.image("A")
     seed = lab.name("useed")
     lab.add_machines([seed])
