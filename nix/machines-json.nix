@@ -1,4 +1,4 @@
-# machines.json: the metadata the tool reads (design.md §5). No identity, no secrets.
+# machines.json: the metadata the tool reads (format: docs/operations.md). No identity, no secrets.
 { writeText, machines }:
 writeText "machines.json" (
   builtins.toJSON {

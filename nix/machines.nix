@@ -1,5 +1,5 @@
 # Every folder under machines/ is a machine; its meta.nix, checked against machine-meta.nix and
-# completed with defaults, is the machine's entry in machines.json (design.md §5).
+# completed with defaults, is the machine's entry in machines.json (format: docs/operations.md).
 { lib }:
 let
   dir = ../machines;

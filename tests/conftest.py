@@ -32,7 +32,7 @@ def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 def machine_entry(**overrides: Any) -> dict[str, Any]:
-    """One machines.json entry as design.md §5 shows it."""
+    """One complete machines.json entry (docs/operations.md), with every field given."""
     entry: dict[str, Any] = {
         "system": "x86_64-linux",
         "vcpus": 2,

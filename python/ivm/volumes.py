@@ -1,4 +1,4 @@
-"""Names of everything ivm keeps in its storage pool (pure; design.md §5)."""
+"""Names of everything ivm keeps in its storage pool (pure)."""
 
 from __future__ import annotations
 

@@ -75,13 +75,7 @@ def nix_command() -> tuple[str, list[str]]:
     nix = nix_binary()
     if nix is None:
         raise GoldenError("Nix is not installed")
-    override = nixpkgs_override()
-    if override is None:
-        raise GoldenError(
-            "no nixpkgs tree: set IVM_NIXPKGS to a nixpkgs checkout or store path "
-            "(IVM_NIXPKGS=locked for flake.lock's)"
-        )
-    return nix, override
+    return nix, nixpkgs_override()
 
 
 def run_nix(args: list[str]) -> str:

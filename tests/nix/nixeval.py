@@ -1,9 +1,8 @@
 """Evaluate this flake with Nix against the nixpkgs IVM_NIXPKGS chooses (docs/testing.md).
 
-IVM_NIXPKGS=DIR overrides the nixpkgs input with that tree (offline); IVM_NIXPKGS=locked evaluates
-the revision flake.lock pins, which Nix fetches; unset, the tree named by the evaluation-only Nix's
-nixpkgs.storepath file is used when there is one. Without Nix or a nixpkgs the tests that need them
-are skipped, saying which is missing.
+IVM_NIXPKGS=DIR overrides the nixpkgs input with that tree (offline); unset or `locked`, the
+revision flake.lock pins is evaluated, which Nix fetches once. Nix is the `nix` on PATH; without it
+the tests that need it are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -18,30 +17,19 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TREE_FILE = Path("/opt/nix-eval/nixpkgs.storepath")
-NIX_FALLBACK = Path("/opt/nix-eval/bin/nix")
 
 
 def nix_binary() -> str | None:
-    found = shutil.which("nix")
-    if found:
-        return found
-    return str(NIX_FALLBACK) if NIX_FALLBACK.exists() else None
+    return shutil.which("nix")
 
 
-def nixpkgs_override() -> list[str] | None:
-    """The --override-input arguments, [] for the locked nixpkgs, None when there is no tree."""
-    given = os.environ.get("IVM_NIXPKGS")
-    if given == "locked":
+def nixpkgs_override() -> list[str]:
+    """The --override-input arguments; [] for the nixpkgs flake.lock pins."""
+    tree = os.environ.get("IVM_NIXPKGS")
+    if not tree or tree == "locked":
         return []
-    if given:
-        tree = given
-    elif DEFAULT_TREE_FILE.exists():
-        tree = DEFAULT_TREE_FILE.read_text().strip()
-    else:
-        return None
     if not Path(tree).is_dir():
-        pytest.fail(f"IVM_NIXPKGS / {DEFAULT_TREE_FILE} names {tree}, which is not a directory")
+        pytest.fail(f"IVM_NIXPKGS names {tree}, which is not a directory")
     return ["--override-input", "nixpkgs", f"path:{tree}"]
 
 
@@ -50,13 +38,7 @@ def require_nix() -> tuple[str, list[str]]:
     nix = nix_binary()
     if nix is None:
         pytest.skip("Nix is not installed (put `nix` on PATH)")
-    override = nixpkgs_override()
-    if override is None:
-        pytest.skip(
-            "no nixpkgs tree: set IVM_NIXPKGS to a nixpkgs checkout or store path "
-            "(or IVM_NIXPKGS=locked to fetch and use flake.lock's)"
-        )
-    return nix, override
+    return nix, nixpkgs_override()
 
 
 def nix_command(*args: str) -> Any:

@@ -1,4 +1,4 @@
-"""The guest contract of design.md §2, read from evaluated NixOS option values of every machine.
+"""The guest contract (read-only `/` and `/etc`, `/var`, `/home`, journal, identity binds), read from evaluated NixOS option values of every machine.
 
 Evaluation proves the configuration says what the design says; the boot tests in checks/ prove the
 guest does it.

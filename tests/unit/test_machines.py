@@ -1,4 +1,4 @@
-"""machines.json: the schema of design.md §5, every violation named by its JSON path."""
+"""machines.json: its schema (docs/operations.md), every violation named by its JSON path."""
 
 from __future__ import annotations
 

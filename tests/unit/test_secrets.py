@@ -9,7 +9,6 @@ tests/integration/test_secrets.py: the package's check phase runs this file with
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,6 @@ import pytest
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import generate_missing, load_identity
 from ivm.identity.sshkey import MAGIC
-from ivm.machines import parse_machines
 from tests.conftest import Project, RunCli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,42 +181,3 @@ def test_domain_xml_machines_json_and_debug_log_hold_no_secret(
             dom.undefine()
     finally:
         conn.close()
-
-
-# --- machines.json as Nix evaluates it -------------------------------------------------------------
-
-
-def _nix() -> tuple[str, list[str]]:
-    home = Path(os.environ.get("NIX_EVAL_HOME", "/opt/nix-eval"))
-    nix = shutil.which("nix") or (str(home / "bin" / "nix") if (home / "bin" / "nix").exists() else None)
-    if nix is None:
-        pytest.skip("Nix is not installed")
-    store_path = home / "nixpkgs.storepath"
-    override = (
-        ["--override-input", "nixpkgs", f"path:{store_path.read_text().strip()}"]
-        if store_path.exists()
-        else []
-    )
-    return nix, override
-
-
-@pytest.mark.nix
-def test_nix_evaluated_machines_json_holds_no_secret() -> None:
-    nix, override = _nix()
-    tracked_files()
-    done = subprocess.run(
-        [nix, "eval", "--json", "--no-write-lock-file", *override, f"{REPO}#lib.machines"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "NIX_CONFIG": "experimental-features = nix-command flakes"},
-    )
-    if done.returncode != 0:
-        pytest.skip(f"the flake does not evaluate here: {done.stderr.strip().splitlines()[-1:]}")
-    text = json.dumps({"version": 1, "machines": json.loads(done.stdout)})
-    secrets = [s for key in working_tree_keys() for s in key_secrets(key)]
-    assert leaks(text, secrets) == []
-    for name, machine in parse_machines(text).items():
-        assert machine.name == name
-    for key in working_tree_keys():
-        assert key.read_text().strip() not in text
