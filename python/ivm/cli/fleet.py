@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -22,8 +24,11 @@ from ivm.ops.session import vm_session
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_(settings: Settings, as_json: bool) -> None:
-    """List every machine with its state and base."""
-    output.print_status(status_ops.status(settings), as_json, detail=False)
+    """List every machine with its state and base. Exit code 1 if any hypervisor could not be
+    reached (the machines on the others are still listed)."""
+    rows = status_ops.status(settings)
+    output.print_status(rows, as_json, detail=False)
+    status_ops.require_reachable(rows)
 
 
 @cli.command()
@@ -37,9 +42,11 @@ def status(
 ) -> None:
     """Show state, base, disks and var usage of the named machines (default: all), and drift: whether
     each runs an older base than the current build (--image's, else the flake's by `nix eval`, else
-    the newest base in the pool that a VM of the same image runs)."""
+    the newest base in the pool that a VM of the same image runs). Exit code 1 if any hypervisor
+    could not be reached (the rows of the others are still printed)."""
     rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
     output.print_status(rows, as_json, detail=True)
+    status_ops.require_reachable(rows)
 
 
 @cli.command()
@@ -94,14 +101,19 @@ def rollback(settings: Settings, name: str, force: bool, timeout: float) -> None
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, one object per hypervisor.")
 @click.pass_obj
-def gc(settings: Settings, dry_run: bool) -> None:
+def gc(settings: Settings, dry_run: bool, as_json: bool) -> None:
     """Delete base images that no VM uses, on every hypervisor the machines name.
 
     A base is kept while any domain (running or not) or any volume in the pool refers to it,
     including each VM's previous base, which `rollback` needs.
     """
-    for r in gc_ops.gc(settings, dry_run):
+    results = gc_ops.gc(settings, dry_run)
+    if as_json:
+        click.echo(json.dumps([{**asdict(r), "dry_run": dry_run} for r in results], indent=2))
+        return
+    for r in results:
         verb = "would delete" if dry_run else "deleted"
         for name in r.deleted:
             click.echo(f"{r.uri}: {verb} {name}")
