@@ -1,4 +1,4 @@
-"""Commands on the fleet: list, status, upgrade, rollback, gc, ssh."""
+"""Commands on the fleet: list, status, upgrade, rollback, gc, ssh, ssh-config."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import gc as gc_ops
 from ivm.ops import ssh as ssh_ops
+from ivm.ops import ssh_config as ssh_config_ops
 from ivm.ops import status as status_ops
 from ivm.ops import upgrade as upgrade_ops
 from ivm.ops.session import vm_session
@@ -136,3 +137,43 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
     """
     argv = ssh_ops.prepare_ssh(settings, name, user, command)
     os.execv(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh
+
+
+@cli.command("ssh-config")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "all_vms", is_flag=True, help="Every machine; those ssh cannot reach now are skipped.")
+@click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
+@click.option(
+    "--output",
+    "-o",
+    "output_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the blocks to this file (and its pinned keys to FILE.known_hosts), each atomically.",
+)
+@click.pass_obj
+def ssh_config(
+    settings: Settings, names: tuple[str, ...], all_vms: bool, user: str, output_file: Path | None
+) -> None:
+    """Print OpenSSH Host blocks for the VMs, so ssh, scp, rsync, Ansible and editors reach them
+    without ivm: `Include` the file from ~/.ssh/config, then `ssh web1`.
+
+    Each block names the VM's current address (an IP of its own network card, as `ivm ssh` finds
+    it), pins its identity host key in a known_hosts file with strict checking, and turns off the
+    same forwarding options `ivm ssh` does. Addresses can change: run it again after a VM restarts.
+    Printed to stdout, the keys go to ivm's runtime directory; with --output they go beside FILE.
+    """
+    if bool(names) == all_vms:
+        raise click.UsageError("name the VMs, or pass --all")
+    targets, skipped = ssh_config_ops.collect(settings, names, all_vms)
+    for s in skipped:
+        click.echo(f"ivm: {s.name}: skipped: {s.reason}", err=True)
+    if output_file is not None:
+        config, keys = ssh_config_ops.render(
+            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file)
+        )
+        ssh_config_ops.write_config(output_file, config, keys)
+        click.echo(f"wrote {len(targets)} Host block(s) to {output_file}")
+        return
+    _, keys = ssh_config_ops.render(targets, skipped, user, Path())
+    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys))
+    click.echo(config, nl=False)
