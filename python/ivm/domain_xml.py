@@ -44,7 +44,7 @@ class Metadata:
 class DomainSpec:
     name: str
     machine: Machine
-    machine_id: str
+    machine_id: str | None  # None: not generated yet (a preview); no UUID or MAC then
     pool: str
     volumes: VmVolumes
     metadata: Metadata
@@ -69,12 +69,24 @@ def domain_mac(machine_id: str) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
+def _uuid(spec: DomainSpec) -> list[etree._Element]:
+    if spec.uuid:
+        return [E.uuid(spec.uuid)]
+    return [E.uuid(domain_uuid(spec.machine_id))] if spec.machine_id else []
+
+
+def _mac(spec: DomainSpec) -> list[etree._Element]:
+    if spec.machine.mac:
+        return [E.mac(address=spec.machine.mac)]
+    return [E.mac(address=domain_mac(spec.machine_id))] if spec.machine_id else []
+
+
 def domain_element(spec: DomainSpec) -> etree._Element:
     m = spec.machine
     memory_kib = str(m.memory_mib * 1024)
     return E.domain(
         E.name(spec.name),
-        E.uuid(spec.uuid or domain_uuid(spec.machine_id)),
+        *_uuid(spec),
         E.metadata(metadata_element(spec.metadata)),
         E.memory(memory_kib, unit="KiB"),
         E.currentMemory(memory_kib, unit="KiB"),
@@ -162,7 +174,7 @@ def _devices(spec: DomainSpec) -> list[etree._Element]:
         source = E.source(network=net.name) if net.type is NetworkType.NETWORK else E.source(bridge=net.name)
         devices.append(
             E.interface(
-                E.mac(address=spec.machine.mac or domain_mac(spec.machine_id)),
+                *_mac(spec),
                 source,
                 E.model(type="virtio"),
                 type=net.type.value,
