@@ -69,6 +69,22 @@ def domain_mac(machine_id: str) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
+def domain_title(spec: DomainSpec) -> str:
+    """What `virsh list --title` and virt-manager show: one line (libvirt refuses a newline)."""
+    return f"{spec.name}: ivm VM, image {spec.machine.image_attr}"
+
+
+def domain_description(spec: DomainSpec) -> str:
+    """Where the VM comes from and where to change it; only values that are also in the domain, so
+    an unchanged VM gets the same text and `define` does not redefine it."""
+    m = spec.machine
+    return (
+        f"Made by ivm from machines/{spec.name}/ (image {m.image_attr}, base {spec.metadata.base[:12]}, "
+        f"{m.vcpus} vCPU, {m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; "
+        "edits made here are replaced."
+    )
+
+
 def _uuid(spec: DomainSpec) -> list[etree._Element]:
     if spec.uuid:
         return [E.uuid(spec.uuid)]
@@ -87,6 +103,8 @@ def domain_element(spec: DomainSpec) -> etree._Element:
     return E.domain(
         E.name(spec.name),
         *_uuid(spec),
+        E.title(domain_title(spec)),
+        E.description(domain_description(spec)),
         E.metadata(metadata_element(spec.metadata)),
         E.memory(memory_kib, unit="KiB"),
         E.currentMemory(memory_kib, unit="KiB"),

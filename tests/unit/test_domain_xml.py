@@ -154,3 +154,22 @@ def test_metadata_round_trip_and_foreign_domains() -> None:
     s = CASES["qemu-bridge-explicit-firmware"]
     assert read_metadata(domain_xml(s)) == s.metadata
     assert read_metadata("<domain type='kvm'><name>x</name></domain>") is None
+
+
+def test_title_and_description_read_back_from_libvirt_and_do_not_churn(test_conn: Any) -> None:
+    s = replace(CASES["kvm-network-autofirmware"], virt_type="test", name="titled")
+    dom = test_conn.defineXML(domain_xml(s))
+    try:
+        title = dom.metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None)
+        assert title == "titled: ivm VM, image image-web1" and "\n" not in title
+        description = dom.metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None)
+        assert (
+            description.startswith("Made by ivm from machines/titled/") and "ivm define titled" in description
+        )
+        defined = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        assert covers(domain_element(s), defined)  # libvirt's copy satisfies the spec: no redefine
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_TITLE, "renamed by hand", None, None, 0)
+        edited = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        assert not covers(domain_element(s), edited)  # ivm's title is put back at the next define
+    finally:
+        dom.undefine()
