@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ivm.cli import output
-from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.group import IMAGE_OPTION, NAME, NAMES, cli, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import gc as gc_ops
@@ -33,7 +33,7 @@ def list_(settings: Settings, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
@@ -51,7 +51,7 @@ def status(
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
 @IMAGE_OPTION
 @shutdown_options(120)
@@ -140,7 +140,7 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
 
 
 @cli.command("ssh-config")
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine; those ssh cannot reach now are skipped.")
 @click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
 @click.option(

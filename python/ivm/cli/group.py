@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 import ivm
+from ivm.cli.complete import machine_names
 from ivm.config import Settings
 from ivm.errors import Exit, ToolError
 
@@ -21,7 +22,8 @@ IMAGE_OPTION = click.option(
     type=click.Path(path_type=Path),
     help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
 )
-NAME = click.argument("name", metavar="NAME")
+NAME = click.argument("name", metavar="NAME", shell_complete=machine_names)
+NAMES = click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=machine_names)
 
 
 def shutdown_options(default_timeout: float) -> Callable[[F], F]:
