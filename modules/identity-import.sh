@@ -2,10 +2,12 @@
 # /etc/hosts. Runs in the initrd (ivm-identity.service, modules/identity.nix), before the bind mounts
 # onto /sysroot/etc and before switch-root, so PID 1 starts with the VM's machine-id.
 #
-#   identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF
+#   identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF [DEVICE]
 #
 # SOURCE is the mounted identity disk (empty when there is none); it is unmounted on every exit, so
-# the private host key does not stay mounted whatever happens. The files are checked with the rules
+# the private host key does not stay mounted whatever happens. DEVICE is the disk's block device:
+# when it exists but SOURCE is not mounted (a disk that did not mount), the disk counts as refused,
+# not absent, so a corrupt disk cannot keep keys that the host meant to revoke. The files are checked with the rules
 # of tests/cases/identity.json (the host tool's are python/ivm/identity/rules.py; where this script
 # is more lenient, the rule says so), then only the known names are copied, root-owned with fixed
 # modes, into a new directory that replaces IDENTITY_DIR in one rename (RENAME_EXCHANGE).
@@ -300,8 +302,19 @@ revoke_keys() {
   fi
 }
 
+# A mount point sits on another device than its parent (mountpoint(1) is not in the initrd).
+is_mounted() {
+  [[ -d $1 && $(stat -c %d -- "$1") != $(stat -c %d -- "$1/..") ]]
+}
+
 import_identity() {
-  local source=$1 target=$2 name staging
+  local source=$1 target=$2 device=$3 name staging
+  if [[ -n $device && -b $device ]] && ! is_mounted "$source"; then
+    status="refused: the identity disk ${device} is attached but could not be mounted"
+    log "identity disk REFUSED: ${device} could not be mounted; keeping ${target} without its authorized keys"
+    revoke_keys "$target" || return 1
+    return 0
+  fi
   if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
     log "no identity disk (or it is empty); keeping ${target}"
     status="absent"
@@ -363,21 +376,21 @@ prepare_runtime() {
 # The disk holds the private host key: unmount it however the script ends.
 release_source() {
   local source=$1
-  # A mount point sits on another device than its parent (mountpoint(1) is not in the initrd).
-  if [[ -d $source && $(stat -c %d -- "$source") != $(stat -c %d -- "$source/..") ]]; then
-    umount -- "$source" || log "failed to unmount ${source}"
+  if is_mounted "$source"; then
+    # A busy mount is detached lazily rather than left in place: /run survives switch-root.
+    umount -- "$source" || umount -l -- "$source" || log "failed to unmount ${source}"
   fi
 }
 
 main() {
-  if (($# != 5)); then
-    echo "usage: identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF" >&2
+  if (($# != 5 && $# != 6)); then
+    echo "usage: identity-import SOURCE IDENTITY_DIR RUNTIME_DIR BASE_HOSTS DEFAULT_RESOLV_CONF [DEVICE]" >&2
     return 2
   fi
   local result=0
   source_dir=$1
   trap 'release_source "$source_dir"' EXIT
-  if ! import_identity "$1" "$2"; then
+  if ! import_identity "$1" "$2" "${6:-}"; then
     status="failed: could not write ${2}"
     log "failed to write ${2}; it may be incomplete"
     result=1

@@ -120,6 +120,8 @@ in
           cfg.runtimeDirectory
           "${baseHosts}"
           "${defaultResolvConf}"
+          # A disk that is attached but does not mount counts as refused, not absent.
+          cfg.device
         ];
         # The script unmounts the disk on every exit; these cover a script that never ran or was
         # killed (ExecStopPost= also runs after a failed start, ExecStartPost= only after success).

@@ -3,6 +3,22 @@
 { lib, name, ... }:
 let
   inherit (lib) types;
+
+  # The libvirt URIs the tool accepts (python/ivm/hypervisor/uri.py says why each other is refused):
+  # local daemons, and ssh or TLS to a host; no ext or tcp transport, no command=, netcat=, keyfile=,
+  # pkipath=, no_verify=, known_hosts= or other parameter that runs a program or weakens a check.
+  host = ''([A-Za-z0-9_][A-Za-z0-9._-]*@)?([A-Za-z0-9][A-Za-z0-9.-]*|[[][0-9A-Fa-f:.]+[]])(:[0-9]{1,5})?'';
+  path = "/(system|session)";
+  mode = "mode=(auto|legacy|direct)";
+  sshParam = "(${mode}|no_tty=[01]|sshauth=[a-z-]+(,[a-z-]+)*)";
+  unixParam = "(${mode}|socket=/[A-Za-z0-9_./-]+)";
+  libvirtUri = lib.concatStringsSep "|" [
+    "qemu://${path}(\\?${mode})?"
+    "qemu\\+unix://${path}(\\?${unixParam}(&${unixParam})?)?"
+    "qemu\\+(ssh|libssh|libssh2)://${host}${path}(\\?${sshParam}(&${sshParam})*)?"
+    "qemu(\\+tls)?://${host}${path}(\\?${mode})?"
+    "test:///default"
+  ];
 in
 {
   options = {
@@ -76,9 +92,15 @@ in
     };
 
     libvirt_uri = lib.mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr (types.strMatching "(${libvirtUri})");
       default = null;
-      description = "libvirt URI of the host running this VM; null means $LIBVIRT_URI or qemu:///system.";
+      description = ''
+        libvirt URI of the host running this VM; null means $LIBVIRT_URI or qemu:///system.
+        Accepted: qemu:///system, qemu:///session, qemu+unix:///system?socket=PATH,
+        qemu+ssh://[USER@]HOST[:PORT]/system (also libssh, libssh2), qemu+tls://HOST/system.
+        Refused: the ext and tcp transports and every parameter but mode, no_tty, sshauth and
+        (with unix) socket, since a URI from a commit could run a program or leak the host key.
+      '';
       example = "qemu+ssh://root@host1/system";
     };
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from ivm.domain_xml import Firmware
 from ivm.errors import UsageError
 from ivm.host import default_pool_path
+from ivm.hypervisor.uri import checked_uri
 from ivm.machines import Machine, get_machine, load_machines
 from ivm.privilege import Account, owner_account
 from ivm.volumes import DEFAULT_POOL
@@ -56,6 +57,10 @@ class Settings:
             "nix": env.get("NIX") or "nix",
         }
         values.update({k: v for k, v in given.items() if v is not None})
+        env_source = "LIBVIRT_URI" if env.get("LIBVIRT_URI") else "LIBVIRT_DEFAULT_URI"
+        for key, source in (("connect", "--connect"), ("env_uri", env_source)):
+            if isinstance(values.get(key), str):
+                checked_uri(str(values[key]), source)  # refused before anything runs
         return cls(**values)  # type: ignore[arg-type]
 
     def uri_for(self, machine: Machine | None) -> str:

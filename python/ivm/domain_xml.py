@@ -41,6 +41,18 @@ class Metadata:
 
 
 @dataclass(frozen=True)
+class DacLabel:
+    """The uid:gid QEMU runs as for this one domain (libvirt's static DAC label)."""
+
+    uid: int
+    gid: int
+
+    @property
+    def text(self) -> str:
+        return f"+{self.uid}:+{self.gid}"
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     name: str
     machine: Machine
@@ -51,6 +63,7 @@ class DomainSpec:
     virt_type: str = "kvm"
     firmware: Firmware = Firmware()
     uuid: str | None = None  # None: derived from the machine-id
+    dac: DacLabel | None = None  # None: the daemon's QEMU user (a MAC driver isolates VMs, or session)
 
 
 def domain_uuid(machine_id: str) -> str:
@@ -114,6 +127,7 @@ def domain_element(spec: DomainSpec) -> etree._Element:
         *_cpu(spec),
         E.clock(offset="utc"),
         E.devices(*_devices(spec)),
+        *_seclabel(spec),
         type=spec.virt_type,
     )
 
@@ -169,10 +183,23 @@ def _cpu(spec: DomainSpec) -> list[etree._Element]:
     return [E.cpu(mode="host-passthrough")] if spec.virt_type == "kvm" else []
 
 
-def _disk(volume: str, pool: str, fmt: str, dev: str, *extra: etree._Element) -> etree._Element:
+def _seclabel(spec: DomainSpec) -> list[etree._Element]:
+    """QEMU as this domain's own uid: what libvirt leaves owned by it after shutdown (the read-only
+    identity disk) is readable by no other VM's QEMU."""
+    if spec.dac is None:
+        return []
+    return [E.seclabel(E.label(spec.dac.text), type="static", model="dac", relabel="yes")]
+
+
+def _disk(
+    volume: str, pool: str, fmt: str, dev: str, *extra: etree._Element, relabel: bool = True
+) -> etree._Element:
+    # relabel='no' (also for the backing chain): the overlay and the shared base stay root-owned
+    # 0644, readable by QEMU and writable by no VM, since libvirt never gives read-only disks back.
+    keep = [] if relabel else [E.seclabel(model="dac", relabel="no")]
     return E.disk(
         E.driver(name="qemu", type=fmt, discard="unmap"),
-        E.source(pool=pool, volume=volume),
+        E.source(*keep, pool=pool, volume=volume),
         E.target(dev=dev, bus="virtio"),
         *extra,
         type="volume",
@@ -183,7 +210,7 @@ def _disk(volume: str, pool: str, fmt: str, dev: str, *extra: etree._Element) ->
 def _devices(spec: DomainSpec) -> list[etree._Element]:
     v = spec.volumes
     devices = [
-        _disk(v.boot, spec.pool, "qcow2", "vda", E.readonly(), E.boot(order="1")),
+        _disk(v.boot, spec.pool, "qcow2", "vda", E.readonly(), E.boot(order="1"), relabel=False),
         _disk(v.var, spec.pool, "qcow2", "vdb", E.serial("var")),
         _disk(v.identity, spec.pool, "raw", "vdc", E.serial("identity"), E.readonly()),
     ]

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,11 @@ QCOW2_MAGIC = b"QFI\xfb"
 QEMU_UTILS = "qemu-utils (qemu-img)"
 BLOCK = 1024 * 1024
 ZERO_BLOCK = bytes(BLOCK)
+QCOW2_INCOMPAT_DATA_FILE = 1 << 2  # incompatible feature bit: clusters live in an external data file
+QCOW2_AUTOCLEAR_RAW_DATA = 1 << 1  # autoclear bit: the external data file is a raw image
+QCOW2_EXT_DATA_FILE = 0x44415441  # header extension "DATA": the external data file's name
+QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
+QCOW2_MAX_CLUSTER = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,13 +87,20 @@ def image_file(out: Path) -> Path:
 
 
 def inspect(path: Path) -> BaseImage:
-    """Check that `path` is a self-contained qcow2 or a raw disk with a partition table."""
+    """Check that `path` is a self-contained qcow2 or a raw disk with a partition table.
+
+    A qcow2 header is read here before qemu-img sees the file: qemu-img opens an external data
+    file while inspecting, and a base must never make QEMU read another file (say, another VM's
+    identity image) through such a reference.
+    """
     if not path.is_file():
         raise UsageError(f"image {path} is not a file", "pass a disk image file to --image")
+    _refuse_external(path, _local_head(path))
     try:
         info = json.loads(
             run(
-                ["qemu-img", "info", "--output=json", str(path)],
+                # absolute, so a name like "json:{...}" or "nbd:host:1" is a file, not a protocol
+                ["qemu-img", "info", "--output=json", str(path.absolute())],
                 package=QEMU_UTILS,
                 what=f"inspecting {path}",
             )
@@ -100,17 +113,71 @@ def inspect(path: Path) -> BaseImage:
             f"image {path} is in {fmt} format; ivm imports qcow2 or raw",
             f"convert it: qemu-img convert -O qcow2 {path} image.qcow2",
         )
-    if info.get("backing-filename"):
-        raise UsageError(
-            f"image {path} has a backing file; a base image must be self-contained",
-            f"flatten it: qemu-img convert -O qcow2 {path} image.qcow2",
-        )
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        _refuse_external(path, "a backing file")
+    if specific.get("data-file") or specific.get("data-file-raw"):
+        _refuse_external(path, "an external data file")
     if fmt == "raw" and not _has_partition_table(path):
         raise UsageError(
             f"{path} is not a disk image (no partition table found)",
             "pass the image built by `nix build .#image-NAME`",
         )
     return BaseImage(path, fmt, store_hash(path) or content_hash(path))
+
+
+def external_reference(head: bytes) -> str | None:
+    """What a qcow2 header makes QEMU open besides the image itself (a backing file, an external
+    data file), or None for a self-contained image or a file that is not qcow2. Pure."""
+    if head[:4] != QCOW2_MAGIC:
+        return None
+    try:
+        return _header_reference(head) or _extension_reference(head)
+    except struct.error:  # a field or extension past the bytes read
+        return "an unreadable qcow2 header"
+
+
+def _header_reference(head: bytes) -> str | None:
+    version, backing_offset, backing_size = struct.unpack_from(">IQI", head, 4)
+    if backing_offset or backing_size:
+        return "a backing file"
+    if version >= 3:
+        incompatible, _compatible, autoclear = struct.unpack_from(">QQQ", head, 72)
+        if incompatible & QCOW2_INCOMPAT_DATA_FILE or autoclear & QCOW2_AUTOCLEAR_RAW_DATA:
+            return "an external data file"
+    return None
+
+
+def _extension_reference(head: bytes) -> str | None:
+    """Scan the header extensions (each padded to 8 bytes) up to their end marker."""
+    named = {QCOW2_EXT_DATA_FILE: "an external data file", QCOW2_EXT_BACKING_FORMAT: "a backing file"}
+    version = struct.unpack_from(">I", head, 4)[0]
+    offset = struct.unpack_from(">I", head, 100)[0] if version >= 3 else 72
+    while True:
+        kind, length = struct.unpack_from(">II", head, offset)
+        if kind == 0 or kind in named:
+            return named.get(kind)
+        offset += 8 + (length + 7) // 8 * 8
+
+
+def _local_head(path: Path) -> bytes:
+    """The first cluster of a qcow2 file (where its header and extensions live), else 4 KiB."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+        if head[:4] == QCOW2_MAGIC and len(head) >= 24:
+            cluster = 1 << min(struct.unpack(">I", head[20:24])[0], 21)
+            head += f.read(min(cluster, QCOW2_MAX_CLUSTER) - len(head))
+    return head
+
+
+def _refuse_external(path: Path, head_or_reason: bytes | str) -> None:
+    reason = head_or_reason if isinstance(head_or_reason, str) else external_reference(head_or_reason)
+    if reason is None:
+        return
+    raise UsageError(
+        f"image {path} refers to {reason}; a base image must be self-contained",
+        f"flatten it into one file: qemu-img convert -O qcow2 {path} image.qcow2",
+    )
 
 
 def store_hash(path: Path) -> str | None:
@@ -157,7 +224,7 @@ def as_qcow2(image: BaseImage, workdir: Path) -> Path:
     target = workdir / "base.qcow2"
     log.info("converting %s to qcow2", image.path.name)
     run(
-        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(image.path), str(target)],
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(image.path.absolute()), str(target)],
         package=QEMU_UTILS,
         what=f"converting {image.path} to qcow2",
     )

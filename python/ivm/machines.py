@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ivm.errors import UsageError
+from ivm.hypervisor.uri import UnsafeUriError, parse_uri
 from ivm.names import NAME_RE
 
 SCHEMA_VERSION = 1
@@ -24,7 +25,6 @@ SYSTEMS = {"x86_64-linux": "x86_64", "aarch64-linux": "aarch64"}
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 IMAGE_ATTR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-URI_RE = re.compile(r"[a-z][a-z0-9+.-]*:///?[^\s]*")
 
 
 class NetworkType(StrEnum):
@@ -172,8 +172,12 @@ def _mac(source: str, at: str, value: Any) -> str | None:
 def _uri(source: str, at: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not URI_RE.fullmatch(value):
+    if not isinstance(value, str):
         _bad(source, at, f"must be null or a libvirt URI like qemu+ssh://host/system, not {value!r}")
+    try:
+        parse_uri(value)
+    except UnsafeUriError as e:
+        _bad(source, at, f"must be null or a libvirt URI ivm accepts ({e}), not {value!r}")
     return value
 
 

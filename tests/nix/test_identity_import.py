@@ -103,18 +103,19 @@ class Guest:
         for path in self.disk.iterdir():
             path.unlink()
 
-    def args(self, source: Path) -> list[str]:
+    def args(self, source: Path, device: Path | None = None) -> list[str]:
         return [
             str(source),
             str(self.identity),
             str(self.run_dir),
             str(self.base_hosts),
             str(self.default_resolv),
+            *([str(device)] if device else []),
         ]
 
-    def boot(self, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    def boot(self, expect: int = 0, device: Path | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            ["bash", str(IMPORT), *self.args(self.disk)],
+            ["bash", str(IMPORT), *self.args(self.disk, device)],
             capture_output=True,
             text=True,
             env=self.env,
@@ -286,6 +287,36 @@ def test_no_disk_boots_with_the_previous_identity(guest: Guest, identity: dict[s
     proc = guest.boot()
     assert "no identity disk" in proc.stderr
     assert set(guest.imported()) == set(identity)
+
+
+def test_an_attached_disk_that_did_not_mount_revokes_the_keys(
+    guest: Guest, identity: dict[str, bytes | str], tmp_path: Path
+) -> None:
+    """A corrupt disk fails to mount, so the unit's mount step leaves the mount point empty: that is
+    a refusal (keys revoked), not a missing disk (keys kept)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a block device node needs root")
+    guest.write(identity)
+    guest.boot()
+    before = guest.imported()
+    guest.clear_disk()
+    device = tmp_path / "virtio-identity"
+    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
+    proc = guest.boot(device=device)
+    assert "could not be mounted" in proc.stderr
+    assert guest.imported() == {k: v for k, v in before.items() if k not in KEYS}
+    assert guest.status().startswith("refused: the identity disk")
+    assert (guest.run_dir / "hosts").exists()
+
+
+def test_no_attached_disk_keeps_the_keys(guest: Guest, identity: dict[str, bytes | str], tmp_path: Path) -> None:
+    guest.write(identity)
+    guest.boot()
+    guest.clear_disk()
+    proc = guest.boot(device=tmp_path / "no-such-device")
+    assert "no identity disk" in proc.stderr
+    assert set(guest.imported()) == set(identity)
+    assert guest.status() == "absent\n"
 
 
 def test_first_boot_without_disk_still_prepares_resolv_conf_and_hosts(guest: Guest) -> None:

@@ -45,6 +45,8 @@ class Images:
     good: Path  # a self-contained qcow2
     text: Path  # a text file
     backed: Path  # a qcow2 with a backing file
+    data_file: Path  # a qcow2 whose clusters live in another file (another VM's identity image)
+    raw_data_file: Path  # the same with the data-file-raw flag
     vmdk: Path
     empty_dir: Path  # a directory holding no image
 
@@ -73,10 +75,16 @@ def make_images(directory: Path) -> Images:
     qemu_img("create", "-q", "-f", "qcow2", str(good), "64M")
     qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(good), str(backed))
     qemu_img("create", "-q", "-f", "vmdk", str(vmdk), "64M")
+    victim = directory / "other-vm-identity.img"
+    victim.write_bytes(b"PRIVATE KEY of another VM\n" * 100)
+    data_file, raw_data_file = directory / "data-file.qcow2", directory / "raw-data-file.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={victim}", str(data_file), "64M")
+    raw_option = f"data_file={victim},data_file_raw=on"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", raw_option, str(raw_data_file), "64M")
     text = directory / "notes.img"
     text.write_text("this is not a disk image\n" * 100)
     (directory / "empty").mkdir()
-    return Images(good, text, backed, vmdk, directory / "empty")
+    return Images(good, text, backed, data_file, raw_data_file, vmdk, directory / "empty")
 
 
 def write_identity(directory: Path, keys: Keys, name: str = "web1") -> None:
@@ -333,6 +341,22 @@ CASES: tuple[Case, ...] = (
         r"libvirt_uri must be null or a libvirt URI",
         lambda w: w.machine(libvirt_uri="qemu:///system extra"),
     ),
+    bad_json(
+        "uri-ext-command",
+        r"libvirt_uri must be null or a libvirt URI ivm accepts \(the ext transport runs a program",
+        lambda w: w.machine(libvirt_uri="qemu+ext:///system?command=./machines/web1/pwn"),
+        daemon=True,
+    ),
+    bad_json(
+        "uri-tcp",
+        r"the tcp transport sends everything, the VM's private host key included, without encryption",
+        lambda w: w.machine(libvirt_uri="qemu+tcp://hv2/system"),
+    ),
+    bad_json(
+        "uri-no-verify",
+        r"the no_verify= parameter turns off the check of the server's certificate",
+        lambda w: w.machine(libvirt_uri="qemu+tls://hv2/system?no_verify=1"),
+    ),
     bad_json("image-attr", r"image_attr must be a flake package name", lambda w: w.machine(image_attr="a#b")),
     bad_json(
         "machine-key",
@@ -558,9 +582,28 @@ CASES: tuple[Case, ...] = (
     Case(
         "image-backing-file",
         ("create", "web1", "--image", "{backed}"),
-        r"has a backing file",
-        r"flatten it: qemu-img convert",
+        r"refers to a backing file; a base image must be self-contained",
+        r"flatten it into one file: qemu-img convert",
         daemon=True,
+    ),
+    Case(
+        "image-data-file",
+        ("create", "web1", "--image", "{data_file}"),
+        r"data-file\.qcow2 refers to an external data file; a base image must be self-contained",
+        r"flatten it into one file: qemu-img convert",
+        daemon=True,
+    ),
+    Case(
+        "image-raw-data-file",
+        ("create", "web1", "--image", "{raw_data_file}"),
+        r"refers to an external data file",
+        r"flatten it into one file",
+    ),
+    Case(
+        "image-data-file-xml",
+        ("xml", "web1", "--image", "{data_file}"),
+        r"refers to an external data file",
+        r"flatten it into one file",
     ),
     Case(
         "image-vmdk",
@@ -592,6 +635,8 @@ def expand(args: tuple[str, ...], images: Images) -> list[str]:
         "{good}": images.good,
         "{text}": images.text,
         "{backed}": images.backed,
+        "{data_file}": images.data_file,
+        "{raw_data_file}": images.raw_data_file,
         "{vmdk}": images.vmdk,
         "{empty_dir}": images.empty_dir,
         "{missing}": images.good.parent / "nothing.qcow2",

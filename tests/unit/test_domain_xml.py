@@ -13,6 +13,7 @@ import pytest
 from lxml import etree
 
 from ivm.domain_xml import (
+    DacLabel,
     DomainSpec,
     Firmware,
     Metadata,
@@ -74,6 +75,7 @@ CASES = {
         virt_type="qemu",
         firmware=Firmware("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
         metadata=Metadata("db1", "b" * 32, "a" * 32, "0.1.0"),
+        dac=DacLabel(1879048193, 64055),
     ),
     "aarch64-no-network": spec(
         "arm1",

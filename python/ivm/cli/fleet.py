@@ -43,8 +43,9 @@ def status(
 ) -> None:
     """Show state, base, disks and var usage of the named machines (default: all), and drift: whether
     each runs an older base than the current build (--image's, else the flake's by `nix eval`, else
-    the newest base in the pool that a VM of the same image runs). Exit code 1 if any hypervisor
-    could not be reached (the rows of the others are still printed)."""
+    the newest base in the pool that a VM of the same image runs). On a local pool it also lists
+    ownership drift of each VM's read-only disks, which `ivm start` repairs. Exit code 1 if any
+    hypervisor could not be reached (the rows of the others are still printed)."""
     rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
     output.print_status(rows, as_json, detail=True)
     status_ops.require_reachable(rows)

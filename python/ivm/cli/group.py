@@ -110,7 +110,7 @@ class _Group(click.Group):
     "connect",
     metavar="URI",
     help="libvirt URI; beats the machine's libvirt_uri, LIBVIRT_URI and LIBVIRT_DEFAULT_URI "
-    "(default qemu:///system).",
+    "(default qemu:///system). Only local, ssh and tls URIs are accepted; ext and tcp are refused.",
 )
 @click.option(
     "--virt-type",

@@ -54,6 +54,7 @@ def print_status(rows: list[status_ops.VmStatus], as_json: bool, detail: bool) -
             used = _size(r.var_used_bytes) if r.var_used_bytes is not None else "-"
             total = _size(r.var_size_bytes) if r.var_size_bytes is not None else "-"
             line += f"  var {used}/{total}  {r.uri}\n{'':<{width}}  {disks}"
+            line += "".join(f"\n{'':<{width}}  drift: {d} (`ivm start` repairs it)" for d in r.ownership)
         click.echo(line)
 
 

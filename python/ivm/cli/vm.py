@@ -75,7 +75,7 @@ def xml(settings: Settings, name: str, image: Path | None) -> None:
 @NAME
 @click.pass_obj
 def start(settings: Settings, name: str) -> None:
-    """Start NAME."""
+    """Start NAME. On a local pool the owner and mode of its read-only disks are repaired first."""
     with vm_session(settings, name) as s:
         click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
 
@@ -97,7 +97,8 @@ def up(settings: Settings, name: str, image: Path | None) -> None:
 @shutdown_options(60)
 @click.pass_obj
 def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
-    """Shut NAME down (ACPI power button), waiting up to --timeout seconds."""
+    """Shut NAME down (ACPI power button), waiting up to --timeout seconds; then give its read-only
+    disks back to the pool's owner (libvirt leaves them to the VM's QEMU uid)."""
     with vm_session(settings, name) as s:
         how = power.stop(s, force, timeout)
     click.echo(

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from ivm.errors import ToolError
+from ivm.hypervisor.uri import checked_uri, socket_problem
 
 log = logging.getLogger("ivm.libvirt")
 
@@ -70,7 +71,10 @@ def _cannot_connect(uri: str | None, message: str) -> ToolError:
 
 @contextmanager
 def connect(uri: str) -> Iterator[Any]:
-    """An open libvirt connection, closed afterwards."""
+    """An open libvirt connection, closed afterwards; only to a URI hypervisor/uri.py accepts."""
+    problem = socket_problem(checked_uri(uri))
+    if problem is not None:
+        raise _cannot_connect(uri, problem)
     log.debug("connecting to %s", uri)
     try:
         conn = libvirt.open(uri)

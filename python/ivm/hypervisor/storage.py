@@ -152,17 +152,28 @@ class Storage:
         with libvirt_errors(f"creating volume {name} in pool {self.name}"):
             return pool.createXML(xml, 0)
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, *, wipe: bool = False) -> bool:
+        """Delete a volume; with `wipe`, overwrite its data with zeros first (a secret must not
+        linger in the pool's free blocks)."""
         vol = self.volume(name)
         if vol is None:
             return False
+        if wipe:
+            _wipe(vol, name)
         log.debug("deleting volume %s", name)
         with libvirt_errors(f"deleting volume {name}"):
             vol.delete(0)
         return True
 
     def import_file(
-        self, name: str, source: Path, *, header: int, mode: str, progress: Progress | None = None
+        self,
+        name: str,
+        source: Path,
+        *,
+        header: int,
+        mode: str,
+        progress: Progress | None = None,
+        secret: bool = False,
     ) -> None:
         """Create volume `name` from a local file, streamed (sparsely) through the connection;
         its first `header` bytes are written last."""
@@ -174,7 +185,7 @@ class Storage:
                 failpoint("upload:data-sent")  # everything but the header: an incomplete volume
                 _upload(self.conn, vol, source, 0, header, None, sparse=False)
         except BaseException:
-            _delete_quietly(vol, name)
+            _delete_quietly(vol, name, wipe=secret)
             raise
         with libvirt_errors(f"refreshing pool {self.name}"):
             _refresh(self.find())
@@ -268,8 +279,20 @@ def _next_hole(fd: int, pos: int, end: int) -> int:
         return end
 
 
-def _delete_quietly(vol: Any, name: str) -> None:
+def _wipe(vol: Any, name: str) -> None:
+    log.debug("wiping volume %s", name)
     try:
+        vol.wipe(0)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise translate(e, f"wiping volume {name}") from None
+        log.warning("the storage driver cannot wipe %s; deleting it without overwriting it", name)
+
+
+def _delete_quietly(vol: Any, name: str, wipe: bool) -> None:
+    try:
+        if wipe:
+            vol.wipe(0)  # a partial identity upload holds part of a private key
         vol.delete(0)
     except libvirt.libvirtError:
         log.warning("could not remove the partial volume %s; the next run replaces it", name)

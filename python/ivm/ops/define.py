@@ -14,6 +14,7 @@ from ivm.errors import ToolError
 from ivm.host import virt_type
 from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
+from ivm.hypervisor.security import dac_label
 from ivm.identity.source import machine_dir, read_machine_id
 from ivm.ops.provision import boot_base, resolve_image, vm_identity
 from ivm.ops.session import VmSession
@@ -41,6 +42,7 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
     previous = None
     if current is not None:
         previous = current.base if current.base != base_hash else current.previous_base
+    virt = virt_type(s.hv.conn, s.hv.uri, s.settings.virt_type)
     return DomainSpec(
         name=s.name,
         machine=s.machine,
@@ -48,8 +50,9 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
         pool=s.settings.pool,
         volumes=s.volumes,
         metadata=Metadata(s.name, base_hash, previous, ivm.__version__),
-        virt_type=virt_type(s.hv.conn, s.hv.uri, s.settings.virt_type),
+        virt_type=virt,
         firmware=s.settings.firmware,
+        dac=dac_label(s.hv.conn, s.hv.uri, s.name, virt),
     )
 
 

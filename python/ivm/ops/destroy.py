@@ -31,6 +31,6 @@ def destroy(s: VmSession, delete_data: bool, force: bool) -> DestroyResult:
         s.hv.domains.undefine(dom)
     vols = s.volumes
     doomed = [vols.boot, vols.identity] + ([vols.var] if delete_data else [])
-    deleted = tuple(v for v in doomed if s.hv.storage.delete(v))
+    deleted = tuple(v for v in doomed if s.hv.storage.delete(v, wipe=v == vols.identity))
     kept = vols.var if not delete_data and s.hv.storage.volume(vols.var) is not None else None
     return DestroyResult(s.name, dom is not None, deleted, kept)

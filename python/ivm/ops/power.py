@@ -1,11 +1,17 @@
-"""`start` and `stop`."""
+"""`start` and `stop`; both put the read-only disks' owner and mode right (hypervisor/ownership.py)."""
 
 from __future__ import annotations
 
+import logging
+
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, require
+from ivm.hypervisor.ownership import find_drift, repair
+from ivm.hypervisor.security import static_uid
 from ivm.ops.define import created_base
 from ivm.ops.session import VmSession
+
+log = logging.getLogger("ivm.power")
 
 
 def start(s: VmSession) -> bool:
@@ -17,8 +23,34 @@ def start(s: VmSession) -> bool:
     if state is State.PAUSED:
         raise ToolError(f"{s.name} is paused", f"resume it with: virsh resume {s.name}")
     created_base(s)  # a clear message instead of QEMU's when a disk is gone
-    s.hv.domains.start(dom)
+    repair_ownership(s, dom)
+    try:
+        s.hv.domains.start(dom)
+    except ToolError as e:
+        own_uid = static_uid(s.hv.domains.xml(dom))
+        if own_uid is not None and "KVM kernel module: Permission denied" in e.message:
+            raise ToolError(
+                f"{s.name}'s QEMU runs as its own uid {own_uid} (this host has no AppArmor or SELinux "
+                "for libvirt, so nothing else keeps VMs' disks apart) and may not open /dev/kvm",
+                "enable libvirt's AppArmor or SELinux driver, or make /dev/kvm usable by every user "
+                "(mode 0666, systemd's default), or use --virt-type qemu",
+            ) from None
+        raise
     return True
+
+
+def repair_ownership(s: VmSession, dom: object, fatal: bool = True) -> None:
+    """Give drifted read-only disks back to the pool's owner (a local pool only). Before a start a
+    failure stops it; after a stop it is only reported (the VM did stop)."""
+    drift = find_drift(s.hv.storage, s.hv.uri, s.volumes, static_uid(s.hv.domains.xml(dom)))
+    for d in drift:
+        log.info("repairing %s", d.line())
+    try:
+        repair(drift)
+    except ToolError as e:
+        if fatal:
+            raise
+        log.warning("%s; %s", e.message, e.hint)
 
 
 def stop(s: VmSession, force: bool, timeout: float) -> str:
@@ -30,6 +62,7 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
     if s.hv.domains.state(dom) is State.SHUT_OFF:
         return "already"
     if s.hv.domains.shutdown(dom, timeout):
+        repair_ownership(s, dom, fatal=False)  # a domain defined before the labels left disks drifted
         return "shutdown"
     if not force:
         raise ToolError(
@@ -37,4 +70,5 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
             f"wait longer with --timeout, or pass --force to power it off (ivm stop --force {s.name})",
         )
     s.hv.domains.power_off(dom)
+    repair_ownership(s, dom, fatal=False)
     return "forced"

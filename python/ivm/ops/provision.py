@@ -17,9 +17,10 @@ from pathlib import Path
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.storage import Progress
+from ivm.hypervisor.uri import parse_uri, secret_notice
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
-from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, image_file, inspect, nix_build
+from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, external_reference, image_file, inspect, nix_build
 from ivm.lock import resource_lock
 from ivm.ops.session import Hypervisor, VmSession
 from ivm.storage_xml import volume_xml
@@ -101,6 +102,7 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
         failpoint("create:base-locked")
         if is_complete(hv, name, "qcow2"):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
+            self_contained(hv, name)
             return name
         if hv.storage.delete(name):
             log.info("replacing the incomplete base volume %s", name)
@@ -132,18 +134,22 @@ def make_overlay(hv: Hypervisor, boot: str, base_hash: str) -> bool:
             return False
         hv.storage.delete(boot)
         failpoint("create:overlay-deleted")
+    self_contained(hv, base_name)
     size = qcow2_virtual_size(hv.storage.head(base_name, HEADER))
     hv.storage.create(volume_xml(boot, size, "qcow2", backing_path=base_path, backing_format="qcow2"), boot)
     return True
 
 
 def write_identity_disk(hv: Hypervisor, name: str, identity: Identity) -> None:
+    notice = secret_notice(parse_uri(hv.uri), name)
+    if notice:
+        log.warning(notice)
     with tempfile.TemporaryDirectory(prefix="ivm-identity-") as tmp:
         image = build_identity_disk(identity, Path(tmp) / "identity.img")
         failpoint("create:identity-built")
-        hv.storage.delete(name)
+        hv.storage.delete(name, wipe=True)  # the old image holds the private key
         failpoint("create:identity-deleted")
-        hv.storage.import_file(name, image, header=HEADER, mode="0600")
+        hv.storage.import_file(name, image, header=HEADER, mode="0600", secret=True)
 
 
 def boot_base(hv: Hypervisor, boot: str) -> str | None:
@@ -163,6 +169,16 @@ def is_complete(hv: Hypervisor, name: str, kind: str) -> bool:
     if kind == "qcow2":
         return head[:4] == QCOW2_MAGIC
     return head[EXT4_MAGIC_AT : EXT4_MAGIC_AT + 2] == b"\x53\xef"
+
+
+def self_contained(hv: Hypervisor, name: str) -> None:
+    """Refuse a base volume whose header makes QEMU open another file (backing or data file)."""
+    reason = external_reference(hv.storage.head(name, HEADER))
+    if reason is not None:
+        raise ToolError(
+            f"base volume {name} in pool {hv.storage.name} refers to {reason}; ivm will not use it",
+            f"delete it (virsh vol-delete --pool {hv.storage.name} {name}) and run the command again",
+        )
 
 
 def qcow2_virtual_size(head: bytes) -> int:

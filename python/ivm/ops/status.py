@@ -13,6 +13,8 @@ from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
+from ivm.hypervisor.ownership import find_drift
+from ivm.hypervisor.security import static_uid
 from ivm.image import image_file, inspect, nix_out_path, store_hash
 from ivm.names import check_vm_name
 from ivm.ops.provision import boot_base
@@ -35,6 +37,7 @@ class VmStatus:
     current_base: str | None = None  # what a fresh deployment would use (see current_bases)
     behind: bool | None = None  # runs an older base than current_base; None when unknown
     reachable: bool = True  # False when its hypervisor could not be reached (state says why)
+    ownership: tuple[str, ...] = ()  # read-only disks whose owner or mode drifted (`start` repairs)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +127,9 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
     vols = vm_volumes(name)
     present = {v: hv.storage.volume(v) is not None for v in vols.all()}
     dom = hv.domains.lookup(name)
-    meta = read_metadata(hv.domains.xml(dom)) if dom is not None else None
+    xml = hv.domains.xml(dom) if dom is not None else None
+    meta = read_metadata(xml) if xml is not None else None
+    drift = find_drift(hv.storage, hv.uri, vols, static_uid(xml) if xml else None)
     if dom is not None:
         state = hv.domains.state(dom).value
     elif present[vols.boot]:
@@ -143,4 +148,5 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
         volumes=present,
         var_used_bytes=var[1] if var else None,
         var_size_bytes=var[0] if var else None,
+        ownership=tuple(d.line() for d in drift),
     )
