@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import prereqs
 
-CASES = ("provision", "fleet", "import", "boot", "upgrade", "profile")
+CASES = ("provision", "fleet", "import", "boot", "upgrade", "rollout", "profile")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     # Imported here, after the prerequisites check, so a missing package is reported, not raised.
     from bench import host  # noqa: PLC0415
-    from bench.cases import base_import, boot, fleet, profile, provision, upgrade  # noqa: PLC0415
+    from bench.cases import base_import, boot, fleet, profile, provision, rollout, upgrade  # noqa: PLC0415
     from bench.lab import Lab  # noqa: PLC0415
 
     table: dict[str, Callable[[Lab], dict[str, Any]]] = {
@@ -57,6 +57,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         "import": lambda lab: base_import.run(lab, args.runs),
         "boot": lambda lab: boot.run(lab, args.runs),
         "upgrade": lambda lab: upgrade.run(lab, args.runs),
+        "rollout": lambda lab: rollout.run(lab, args.runs),
         "profile": lambda lab: profile.run(lab, args.runs),
     }
     started = time.monotonic()

@@ -175,7 +175,9 @@ class Lab:
             if dom is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
             for suffix in ("-boot.qcow2", "-var.qcow2", "-identity.img"):
                 self.delete_volume(name + suffix)
             shutil.rmtree(self.root / "machines" / name, ignore_errors=True)

@@ -112,5 +112,20 @@ in
       description = "Flake package the tool builds to get this machine's base image.";
       example = "image-web";
     };
+
+    health_check = lib.mkOption {
+      type = types.listOf (types.strMatching ".+");
+      default = [ ];
+      description = ''
+        Command (absolute path, then arguments; no shell) that `ivm upgrade` runs in the guest through
+        the QEMU guest agent after restarting it on a new base: exit 0 means healthy. Empty: the agent
+        answering is the whole health signal.
+      '';
+      example = [
+        "/run/current-system/sw/bin/systemctl"
+        "is-active"
+        "nginx.service"
+      ];
+    };
   };
 }

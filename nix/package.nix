@@ -10,6 +10,8 @@
 }:
 let
   pyproject = lib.importTOML ../pyproject.toml;
+  # The source files and the test selection; scripts/rehearse-nix-check reads the same file.
+  check = lib.importJSON ./package-check.json;
   # Tools the tool runs: mkfs.ext4/debugfs (identity disk), qemu-img, ssh-keygen/ssh, virsh console.
   runtimeTools = [
     e2fsprogs
@@ -25,14 +27,7 @@ python3Packages.buildPythonApplication {
 
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [
-      ../pyproject.toml
-      ../python
-      (lib.fileset.maybeMissing ../README.md)
-      (lib.fileset.maybeMissing ../tests/__init__.py)
-      (lib.fileset.maybeMissing ../tests/conftest.py)
-      (lib.fileset.maybeMissing ../tests/unit)
-    ];
+    fileset = lib.fileset.unions (map (path: ../. + "/${path}") check.fileset);
   };
 
   build-system = [ python3Packages.setuptools ];
@@ -46,15 +41,16 @@ python3Packages.buildPythonApplication {
   # The unit tests also make partitioned test images (sfdisk, blkid) and run property tests.
   nativeCheckInputs = [
     python3Packages.pytestCheckHook
+    # pyproject.toml gives every test a timeout; without the plugin pytest ignores it.
+    python3Packages.pytest-timeout
     python3Packages.hypothesis
     util-linux
   ]
   ++ runtimeTools;
 
-  # Only the unit tests: integration tests need a libvirt daemon, nix tests need Nix.
-  enabledTestPaths = [ "tests/unit" ];
-
-  pythonImportsCheck = [ "ivm" ];
+  # Only the unit tests: integration tests need a libvirt daemon, nix tests need Nix. No HOME in
+  # preCheck: the tool must work without a writable home, and the rehearsal runs it without one.
+  inherit (check) enabledTestPaths pythonImportsCheck;
 
   makeWrapperArgs = [
     "--prefix"

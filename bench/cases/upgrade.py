@@ -71,7 +71,17 @@ def run(lab: Lab, runs: int) -> dict[str, Any]:
             dom.create()
             dom.suspend()
         with pausing(lab.uri, names):
-            out, seconds = lab.ivm("upgrade", *names, "--image", str(target), "--force", "--timeout", "0")
+            out, seconds = lab.ivm(
+                "upgrade",
+                *names,
+                "--image",
+                str(target),
+                "--force",
+                "--timeout",
+                "0",
+                "--health-timeout",
+                "0",
+            )
         found = dict(LINE.findall(out))
         if sorted(found) != sorted(names):
             raise BenchError(f"ivm upgrade restarted {len(found)} of {VMS} VMs:\n{out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +18,24 @@ from ivm.privilege import Account, owner_account
 from ivm.volumes import DEFAULT_POOL
 
 DEFAULT_URI = "qemu:///system"
+
+
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_pool(pool: str, pool_path: str | None) -> None:
+    """IVM_POOL names a folder too (the default path) and IVM_POOL_PATH goes to the daemon as is."""
+    if not POOL_NAME_RE.fullmatch(pool):
+        raise UsageError(
+            f"IVM_POOL {pool!r} is not a usable pool name",
+            "use letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit",
+        )
+    if pool_path is not None and not pool_path.startswith("/"):
+        raise UsageError(
+            f"IVM_POOL_PATH {pool_path!r} is not an absolute path",
+            "give the full path of the pool's directory on the hypervisor, e.g. /var/lib/libvirt/images/"
+            + pool,
+        )
 
 
 def find_root(start: Path) -> Path | None:
@@ -61,6 +80,7 @@ class Settings:
         for key, source in (("connect", "--connect"), ("env_uri", env_source)):
             if isinstance(values.get(key), str):
                 checked_uri(str(values[key]), source)  # refused before anything runs
+        check_pool(str(values["pool"]), values["pool_path"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def uri_for(self, machine: Machine | None) -> str:
@@ -79,14 +99,17 @@ class Settings:
         return owner_account(root) if root is not None else None
 
     def pool_path_for(self, uri: str) -> str:
-        return self.pool_path or default_pool_path(uri)
+        return self.pool_path or default_pool_path(uri, self.pool)
 
     @cached_property
     def project_root(self) -> Path:
         root = self.root or find_root(Path.cwd())
+        if root is None and self.machines_file is not None:
+            # Without Nix there is no flake.nix: the project is the folder holding machines.json.
+            root = self.machines_file.resolve().parent
         if root is None:
             raise UsageError(
-                "no project found: no flake.nix in this directory or above",
+                "no project found: no flake.nix in this directory or above, and no machines file",
                 "run ivm inside the project, or pass --root DIR (the folder holding machines/)",
             )
         return root

@@ -44,9 +44,15 @@ def virt_type(conn: Any, uri: str, override: str | None) -> str:
     return "kvm" if caps.xpath("//guest/arch/domain[@type='kvm']") else "qemu"
 
 
-def default_pool_path(uri: str) -> str:
-    """Where the `ivm` dir pool lives: libvirt's images dir for this kind of connection."""
-    if urlsplit(uri).path.rstrip("/").endswith("session") and is_local(uri):
+def default_pool_path(uri: str, pool: str) -> str:
+    """Where a dir pool lives unless IVM_POOL_PATH says: a folder named after the pool in libvirt's
+    images dir for this kind of connection, so two pools never share a directory."""
+    if is_session(uri):
         data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return str(Path(data) / "libvirt" / "images" / "ivm")
-    return "/var/lib/libvirt/images/ivm"
+        return str(Path(data) / "libvirt" / "images" / pool)
+    return f"/var/lib/libvirt/images/{pool}"
+
+
+def is_session(uri: str) -> bool:
+    """A local per-user daemon (qemu:///session): it runs QEMU as the calling user."""
+    return urlsplit(uri).path.rstrip("/").endswith("session") and is_local(uri)

@@ -50,6 +50,7 @@ class Machine:
     mac: str | None
     libvirt_uri: str | None
     image_attr: str
+    health_check: tuple[str, ...] = ()  # argv run in the guest by its agent after an upgrade
 
     @property
     def arch(self) -> str:
@@ -68,6 +69,19 @@ _FIELDS = (
 )
 
 
+def defaults(name: str) -> dict[str, Any]:
+    """The fields a machine may leave out, with the values nix/machine-meta.nix gives them."""
+    return {
+        "vcpus": 2,
+        "memory_mib": 2048,
+        "var_size_gib": 20,
+        "network": {"type": "network", "name": "default"},
+        "mac": None,
+        "libvirt_uri": None,
+        "image_attr": f"image-{name}",
+    }
+
+
 def load_machines(path: Path) -> Mapping[str, Machine]:
     """Read and validate a machines.json file."""
     try:
@@ -75,12 +89,13 @@ def load_machines(path: Path) -> Mapping[str, Machine]:
     except FileNotFoundError:
         raise UsageError(
             f"machines file {path} does not exist",
-            "pass --machines FILE or set IVM_MACHINES (`nix build .#machines-json` makes one)",
+            "pass --machines FILE or set IVM_MACHINES (with Nix, `nix build .#machines-json` makes "
+            "one, or write one by hand like docs/machines.example.json)",
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(
             f"cannot read machines file {path}: {e}",
-            "pass a UTF-8 JSON file made by `nix build .#machines-json`",
+            "pass a UTF-8 JSON file (made by `nix build .#machines-json`, or written by hand)",
         ) from None
     return parse_machines(text, source=str(path))
 
@@ -92,7 +107,7 @@ def parse_machines(text: str, source: str = "machines.json") -> Mapping[str, Mac
     except json.JSONDecodeError as e:
         raise UsageError(
             f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-            "regenerate it with `nix build .#machines-json`",
+            "fix the file if you wrote it; with Nix, regenerate it with `nix build .#machines-json`",
         ) from None
     if not isinstance(doc, dict):
         _bad(source, "", "must be a JSON object")
@@ -115,10 +130,10 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
         _bad(source, at, "is not a valid VM name ([a-z][a-z0-9-]{0,62}, not ending in '-')")
     if not isinstance(entry, dict):
         _bad(source, at, "must be an object")
-    _no_extra(source, at, entry, set(_FIELDS))
-    for field in _FIELDS:
-        if field not in entry:
-            _bad(source, f"{at}.{field}", "is missing")
+    _no_extra(source, at, entry, {*_FIELDS, "health_check"})
+    if "system" not in entry:
+        _bad(source, f"{at}.system", f"is missing (one of {', '.join(sorted(SYSTEMS))})")
+    entry = {**defaults(name), **entry}  # what meta.nix defaults, a hand-written file may leave out
     system = entry["system"]
     if not isinstance(system, str) or system not in SYSTEMS:
         _bad(source, f"{at}.system", f"must be one of {', '.join(sorted(SYSTEMS))}, not {system!r}")
@@ -132,7 +147,17 @@ def _machine(source: str, name: str, entry: Any) -> Machine:
         mac=_mac(source, f"{at}.mac", entry["mac"]),
         libvirt_uri=_uri(source, f"{at}.libvirt_uri", entry["libvirt_uri"]),
         image_attr=_image_attr(source, f"{at}.image_attr", entry["image_attr"]),
+        health_check=_health_check(source, f"{at}.health_check", entry.get("health_check", [])),
     )
+
+
+def _health_check(source: str, at: str, value: Any) -> tuple[str, ...]:
+    """Optional (older machines.json files lack it): an argv, not a shell line."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and len(v) <= 4096 for v in value):
+        _bad(source, at, "must be a list of non-empty strings (a command and its arguments)")
+    if len(value) > 64 or (value and not value[0].startswith("/")):
+        _bad(source, at, "must name the command by its absolute path in the guest, with at most 63 arguments")
+    return tuple(value)
 
 
 def _int(source: str, at: str, value: Any, high: int, low: int = 1) -> int:
@@ -197,7 +222,10 @@ def _no_extra(source: str, at: str, obj: dict[str, Any], allowed: set[str]) -> N
 
 def _bad(source: str, at: str, problem: str) -> NoReturn:
     where = f"{source}: {at}" if at else source
-    raise UsageError(f"{where} {problem}", "fix machines/<name>/meta.nix and rebuild machines.json")
+    raise UsageError(
+        f"{where} {problem}",
+        "fix it in the file if you wrote it, else in machines/<name>/meta.nix and rebuild machines.json",
+    )
 
 
 def get_machine(machines: Mapping[str, Machine], name: str) -> Machine:
@@ -208,5 +236,6 @@ def get_machine(machines: Mapping[str, Machine], name: str) -> Machine:
         known = ", ".join(sorted(machines)) or "none"
         raise UsageError(
             f"unknown machine {name!r} (known: {known})",
-            f"add machines/{name}/meta.nix and default.nix to the flake, or check the spelling",
+            f"check the spelling, or add {name} to machines.json "
+            f"(with Nix: machines/{name}/meta.nix and default.nix)",
         ) from None

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ivm.errors import ToolError
+from ivm.errors import ToolError, UsageError
+from ivm.host import is_session
 
 # Per-user settings a root shell may carry; the owner's own defaults apply instead.
 _ROOTS_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")
@@ -97,3 +98,14 @@ def make_dirs(directory: Path) -> None:
             hand_over(fd, d.parent)
         finally:
             os.close(fd)
+
+
+def check_uri_for_user(uri: str, euid: int | None = None) -> None:
+    """Refuse qemu:///session as root before connecting: its disks would land under /root, which
+    QEMU cannot read, and the VM would fail only at start, with everything else already made."""
+    if (os.geteuid() if euid is None else euid) == 0 and is_session(uri):
+        raise UsageError(
+            f"{uri} as root would keep the VMs' disks under /root, which QEMU cannot read",
+            "as root use qemu:///system (the default: unset LIBVIRT_DEFAULT_URI or pass "
+            "--connect qemu:///system), or run ivm as your own user for qemu:///session",
+        )

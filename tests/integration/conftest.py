@@ -148,7 +148,9 @@ def teardown_fleet(fleet: Fleet) -> None:
                 continue
             if dom.isActive():
                 dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            )
         try:
             pool = conn.storagePoolLookupByName(fleet.pool)
         except libvirt.libvirtError:

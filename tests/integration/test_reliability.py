@@ -623,6 +623,7 @@ UPGRADE_POINTS = (
     "create:base-converted",
     "upload:data-sent",
     "upgrade:stopped",
+    "upgrade:snapshotted",
     "create:overlay-deleted",
     "upgrade:overlay-made",
     "create:identity-built",

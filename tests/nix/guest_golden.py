@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.nix.nixeval import REPO, nix_binary, nixpkgs_override
 
@@ -46,12 +47,24 @@ in {
   "ivm-firewall-ports.service" = unit "ivm-firewall-ports.service";
   "journald.conf" = cfg.environment.etc."systemd/journald.conf".text;
   "nftables.nft" = rules.text;
+  "image/ivm-image.sh" = cfg.system.build.ivmImage.buildCommand;
   drv = {
     sshd_config = cfg.environment.etc."ssh/sshd_config".source.drvPath;
     nftables = rules.drvPath;
+    # The writeShellApplication scripts, found in the string context of the units that run them.
+    scripts = lib.concatMap (s: builtins.attrNames (builtins.getContext s)) [
+      cfg.boot.initrd.systemd.services.ivm-identity.serviceConfig.ExecStart
+      cfg.systemd.services.ivm-firewall-ports.serviceConfig.ExecStart
+    ];
   };
 }
 """
+
+# The flake apps' launchers (nix/apps.nix), by the derivation in each program's string context.
+APPS = """
+apps: builtins.mapAttrs (_: app: builtins.attrNames (builtins.getContext app.program)) apps
+"""
+SCRIPTS = ("ivm-identity-import", "ivm-firewall-ports")
 
 
 class GoldenError(Exception):
@@ -140,26 +153,38 @@ def normalise(text: str) -> str:
     return STORE_HASH.sub(ZERO_HASH, text)
 
 
+def nix_eval_json(attr: str, apply: str) -> dict[str, Any]:
+    _, override = nix_command()
+    args = ["eval", "--no-write-lock-file", *override, "--json", f"{REPO}#{attr}", "--apply", apply]
+    evaluated: dict[str, Any] = json.loads(run_nix(args))
+    return evaluated
+
+
+def script_texts(drvs: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """writeShellApplication / writeShellScript outputs by name, from their derivations' `text`."""
+    found = {}
+    for name in names:
+        matching = [d for d in drvs if d.endswith(f"-{name}.drv")]
+        if len(matching) != 1:
+            raise GoldenError(f"expected one derivation named {name}, found {matching}")
+        found[name] = written_text(matching[0])
+    return found
+
+
 def evaluate() -> dict[str, str]:
     """Every golden file's name and evaluated text, store hashes zeroed."""
-    _, override = nix_command()
-    evaluated = json.loads(
-        run_nix(
-            [
-                "eval",
-                "--no-write-lock-file",
-                *override,
-                "--json",
-                f"{REPO}#nixosConfigurations.{MACHINE}",
-                "--apply",
-                EXPRESSION,
-            ]
-        )
-    )
+    evaluated = nix_eval_json(f"nixosConfigurations.{MACHINE}", EXPRESSION)
     drv = evaluated.pop("drv")
     texts: dict[str, str] = dict(evaluated)
     texts["sshd_config"] = sshd_config(drv["sshd_config"])
     texts["nftables-deletions.nft"] = nftables_deletions(drv["nftables"])
+    for name, text in script_texts(drv["scripts"], SCRIPTS).items():
+        texts[f"scripts/{name}"] = text
+    apps = nix_eval_json("apps.x86_64-linux", APPS)
+    launchers = sorted({d for drvs in apps.values() for d in drvs if "-ivm-" in d})
+    names = tuple(Path(d).name.split("-", 1)[1].removesuffix(".drv") for d in launchers)
+    for name, text in script_texts(launchers, names).items():
+        texts[f"launchers/{name}"] = text
     return {name: normalise(text) for name, text in sorted(texts.items())}
 
 

@@ -309,7 +309,9 @@ def test_an_attached_disk_that_did_not_mount_revokes_the_keys(
     assert (guest.run_dir / "hosts").exists()
 
 
-def test_no_attached_disk_keeps_the_keys(guest: Guest, identity: dict[str, bytes | str], tmp_path: Path) -> None:
+def test_no_attached_disk_keeps_the_keys(
+    guest: Guest, identity: dict[str, bytes | str], tmp_path: Path
+) -> None:
     guest.write(identity)
     guest.boot()
     guest.clear_disk()

@@ -153,7 +153,7 @@ class Case:
 
 NAME_HINT = r"lowercase letter first"
 JSON_HINT = (
-    r"fix machines/<name>/meta\.nix and rebuild machines\.json|nix build \.#machines-json|same flake revision"
+    r"in machines/<name>/meta\.nix and rebuild machines\.json|nix build \.#machines-json|same flake revision"
 )
 CREATE = ("create", "web1", "--image", "{good}")
 
@@ -281,8 +281,9 @@ CASES: tuple[Case, ...] = (
         r": extra is not a known field",
         lambda w: w.machines_json({"version": 1, "machines": {}, "extra": 1}),
     ),
-    bad_json("missing-vcpus", r"machines\.web1\.vcpus is missing", lambda w: w.without("vcpus"), daemon=True),
-    bad_json("missing-mac", r"machines\.web1\.mac is missing", lambda w: w.without("mac")),
+    bad_json(
+        "missing-system", r"machines\.web1\.system is missing", lambda w: w.without("system"), daemon=True
+    ),
     bad_json("extra-field", r"machines\.web1\.disk is not a known field", lambda w: w.machine(disk=1)),
     bad_json("vcpus-string", r"vcpus must be an integer, not str", lambda w: w.machine(vcpus="2")),
     bad_json("vcpus-bool", r"vcpus must be an integer, not bool", lambda w: w.machine(vcpus=True)),
@@ -556,7 +557,7 @@ CASES: tuple[Case, ...] = (
         "unknown-machine",
         ("create", "web9", "--image", "{good}"),
         r"unknown machine 'web9' \(known: web1",
-        r"add machines/web9/meta\.nix",
+        r"add web9 to machines.json \(with Nix: machines/web9/meta\.nix",
         daemon=True,
     ),
     Case(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from lxml import etree
 
 from ivm.cli import cli
@@ -36,7 +38,8 @@ def raw_image(tmp_path: Path) -> Path:
         ["sfdisk", "-q", str(img)],
         input=b"label: gpt\n,,U\n",
         check=True,
-        env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"},
+        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
+        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
     )
     return img
 
@@ -215,3 +218,37 @@ def test_debug_shows_traceback_for_errors(run_cli: RunCli) -> None:
 def test_click_usage_errors_are_one_line_too(run_cli: RunCli, args: tuple[str, ...], says: str) -> None:
     r = run_cli(*args)
     assert r.exit_code == 2 and says in one_error_line(r.stderr)
+
+
+def test_bare_ivm_prints_short_usage_not_the_help() -> None:
+    r = CliRunner().invoke(cli, [])
+    assert r.exit_code == 2 and "ivm: error" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("Usage: ivm") and len(lines) <= 5 and "Commands: build" in r.stderr
+    assert "Options:" not in r.stderr and "ivm up NAME --image FILE" in r.stderr
+
+
+def test_mistyped_uri_is_named_not_the_daemon(run_cli: RunCli) -> None:
+    r = run_cli("start", "web1", uri="qemu:///sytem")
+    line = one_error_line(r.stderr)
+    # The URI rules refuse it before libvirt is asked, naming the misspelt part and the right forms.
+    assert r.exit_code == 2 and "'qemu:///sytem' is refused" in line
+    assert "not /sytem" in line and "qemu:///system" in line
+    assert "start the libvirt daemon" not in line
+
+
+def test_console_says_what_is_wrong_before_virsh(
+    run_cli: RunCli, project: Project, test_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ivm.cli.vm.find_tool", lambda *_a: "/bin/false")
+    monkeypatch.setattr("ivm.cli.vm.os.execv", lambda *_a: pytest.fail("virsh must not run"))
+    r = run_cli("console", "web2")
+    assert r.exit_code == 1 and "web2 is not defined" in one_error_line(r.stderr)
+    project.write_machines({"cli-console": machine_entry()})
+    _define_on_test_driver(test_driver, "cli-console")
+    test_driver.lookupByName("cli-console").destroy()
+    try:
+        r = run_cli("console", "cli-console")
+        assert r.exit_code == 1 and "ivm start cli-console" in one_error_line(r.stderr)
+    finally:
+        test_driver.lookupByName("cli-console").undefine()

@@ -92,3 +92,29 @@ def test_rollback_and_gc_on_test_driver(run_cli: RunCli) -> None:
 def test_firmware_needs_both_paths(env: dict[str, str]) -> None:
     with pytest.raises(Exception, match="OVMF_VARS is set without OVMF_CODE"):
         Settings.from_env(env)
+
+
+class _StubbornGuest:
+    """A domain that ignores the ACPI power button."""
+
+    def name(self) -> str:
+        return "stubborn"
+
+    def state(self) -> list[int]:
+        import libvirt
+
+        return [libvirt.VIR_DOMAIN_RUNNING, 0]
+
+
+def test_a_shutdown_wait_says_what_it_waits_for_and_how_long(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from ivm.hypervisor.domains import Domains
+
+    with caplog.at_level(logging.INFO, logger="ivm.domains"):
+        assert Domains(None).wait_off(_StubbornGuest(), timeout=0.7, every=0.3) is False
+    lines = caplog.messages
+    assert lines[0] == "waiting up to 0.7 s for stubborn to shut down (ACPI power button)"
+    assert any(
+        m.startswith("still waiting for stubborn to shut down: ") and m.endswith("of 0.7 s") for m in lines
+    )

@@ -3,6 +3,7 @@ host key and machine-id: every command that reads a machine folder refuses it, b
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ def raw_image(tmp_path: Path) -> Path:
         ["sfdisk", "-q", str(img)],
         input=b"label: gpt\n,,U\n",
         check=True,
-        env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin"},
+        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
+        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
     )
     return img
 

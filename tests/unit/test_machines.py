@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ivm.errors import Exit, UsageError
-from ivm.machines import NetworkType, get_machine, load_machines, parse_machines
+from ivm.machines import NetworkType, defaults, get_machine, load_machines, parse_machines
 from tests.conftest import machine_entry
 
 
@@ -67,7 +67,7 @@ def test_mac_is_normalised_and_uri_kept() -> None:
         (doc(a=machine_entry(mac="01:00:5e:00:00:01")), "multicast"),
         (doc(a=machine_entry(libvirt_uri="not a uri")), "machines.a.libvirt_uri must be null"),
         (doc(a=machine_entry(image_attr="")), "machines.a.image_attr must be"),
-        (doc(a={k: v for k, v in machine_entry().items() if k != "mac"}), "machines.a.mac is missing"),
+        (doc(a={k: v for k, v in machine_entry().items() if k != "system"}), "machines.a.system is missing"),
         (doc(a={**machine_entry(), "ram": 1}), "machines.a.ram is not a known field"),
     ],
 )
@@ -87,3 +87,21 @@ def test_unknown_machine_lists_known_ones() -> None:
     machines = parse_machines(doc(web1=machine_entry(), web2=machine_entry()))
     with pytest.raises(UsageError, match=r"unknown machine 'db' \(known: web1, web2\)"):
         get_machine(machines, "db")
+
+
+def test_the_shipped_example_loads_with_its_defaults() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    machines = load_machines(docs / "machines.example.json")
+    web1 = machines["web1"]
+    assert (web1.vcpus, web1.memory_mib, web1.var_size_gib, web1.mac, web1.libvirt_uri) == (
+        2,
+        2048,
+        20,
+        None,
+        None,
+    )
+    assert (web1.network.type, web1.network.name, web1.image_attr) == ("network", "default", "image-web1")
+    assert machines["db1"].network.name == "br0" and machines["batch"].network.type == "none"
+    table = (docs / "operations.md").read_text()
+    for field, value in defaults("<name>").items():  # the documented defaults are the ones applied
+        assert f"| `{field}` |" in table and f"`{json.dumps(value)}`" in table, field

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ivm.privilege import Account, hand_over, make_dirs, owner_account
+from ivm.privilege import Account, check_uri_for_user, hand_over, make_dirs, owner_account
 from ivm.run import run
-from tests.conftest import machine_entry
+from tests.conftest import RunCli, machine_entry
+from tests.unit.test_cli import one_error_line
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -304,3 +305,24 @@ def test_nix_missing_from_roots_path_is_found_in_the_owners_profile(
     assert out.startswith("/nix/store/")
     ((uid, _, home, _, _),) = lab.nix_calls()
     assert (int(uid), home) == (lab.owner.pw_uid, str(lab.owners_home))
+
+
+def test_session_uri_as_root_is_refused_before_connecting(
+    run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ivm.privilege.os.geteuid", lambda: 0)
+    opened: list[str] = []
+    monkeypatch.setattr("ivm.hypervisor.connection.libvirt.open", opened.append)
+    assert "under /root" in run_cli("status", uri="qemu:///session").stdout  # each row says why
+    for args in (("create", "web1"), ("destroy", "web1"), ("pool", "remove")):
+        r = run_cli(*args, uri="qemu:///session")
+        line = one_error_line(r.stderr)
+        assert r.exit_code == 2 and "as root would keep the VMs' disks under /root" in line
+        assert "qemu:///system" in line
+    assert opened == []
+
+
+def test_session_uri_as_a_user_and_system_as_root_pass() -> None:
+    check_uri_for_user("qemu:///session", euid=1000)
+    check_uri_for_user("qemu:///system", euid=0)
+    check_uri_for_user("qemu+ssh://hv2/session", euid=0)  # a remote user's daemon: not our /root

@@ -1,6 +1,6 @@
 """The `ivm` command line: parse, call the core, print. Errors are caught once, in the group."""
 
-from ivm.cli import completion, fleet, vm  # noqa: F401 -- importing registers the commands
+from ivm.cli import completion, fleet, pool, vm  # noqa: F401 -- importing registers the commands
 from ivm.cli.group import cli
 
 

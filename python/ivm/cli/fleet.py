@@ -1,9 +1,10 @@
-"""Commands on the fleet: list, status, upgrade, rollback, gc, ssh, ssh-config."""
+"""Commands on the fleet: list, status, plan, apply, upgrade, rollback, snapshots, gc, ssh, ssh-config."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,9 +12,14 @@ import click
 
 from ivm.cli import output
 from ivm.cli.group import IMAGE_OPTION, NAME, NAMES, cli, shutdown_options
+from ivm.cli.many import JOBS_OPTION
 from ivm.config import Settings
 from ivm.errors import ToolError
+from ivm.hypervisor.domains import require
+from ivm.ops import apply as apply_ops
 from ivm.ops import gc as gc_ops
+from ivm.ops import observe
+from ivm.ops import snapshots as snapshot_ops
 from ivm.ops import ssh as ssh_ops
 from ivm.ops import ssh_config as ssh_config_ops
 from ivm.ops import status as status_ops
@@ -53,19 +59,160 @@ def status(
 
 @cli.command()
 @NAMES
+@click.option("--all", "all_vms", is_flag=True, help="Every machine; also list orphaned domains.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@IMAGE_OPTION
+@click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_vms: bool,
+    as_json: bool,
+    image: Path | None,
+    no_eval: bool,
+) -> None:
+    """Show what `apply` would do to each VM, changing nothing.
+
+    Compares machines.json, the current build (--image's, else the flake's by `nix eval`) and the
+    identity files in machines/NAME/ with what each hypervisor has. Actions per VM: create,
+    import-base, upgrade, identity, define, redefine (a semantic comparison: what libvirt adds is
+    ignored), start. With --all, domains ivm defined in this pool whose machine is gone are listed
+    as orphans; nothing ever touches them unless asked.
+
+    Exit codes: 0 no changes, 3 changes pending, 1 a VM could not be planned, 2 invalid input.
+    """
+    result = observe.plan(ctx.obj, names, all_vms, image, evaluate=not no_eval)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        for vm in result.vms:
+            click.echo(vm.line())
+        for o in result.orphans:
+            state = "running" if o.running else "shut off"
+            click.echo(f"{o.name}: orphan on {o.uri} ({state}; its machine is gone), left alone")
+        click.echo(result.summary())
+    ctx.exit(result.exit_code())
+
+
+@cli.command()
+@NAMES
+@click.option("--all", "all_vms", is_flag=True, help="Every machine.")
+@JOBS_OPTION
+@IMAGE_OPTION
+@click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="With --all: also destroy the orphans (undefine, delete boot and identity disks, keep /var).",
+)
+@shutdown_options(120)
+@click.pass_obj
+def apply(
+    settings: Settings,
+    names: tuple[str, ...],
+    all_vms: bool,
+    jobs: int,
+    image: Path | None,
+    no_eval: bool,
+    prune: bool,
+    force: bool,
+    timeout: float,
+) -> None:
+    """Carry out `ivm plan`: create, import, upgrade, rebuild identities, define, start.
+
+    Each VM is planned again under its lock, so a second `apply` (or one running at the same time)
+    finds nothing left to do and restarts nothing. A VM whose definition, base and identity are
+    unchanged is never restarted; one whose base, identity or definition changed is restarted if it
+    was running. Orphaned domains are left alone unless --prune. One line per VM as it finishes,
+    then a summary; the exit code is 1 if any VM failed.
+    """
+    if prune and not all_vms:
+        raise click.UsageError("--prune needs --all (orphans are found among all domains)")
+    opts = apply_ops.ApplyOptions(image, force, timeout, output.progress if jobs == 1 else None)
+    outcomes = apply_ops.apply_fleet(
+        settings,
+        names,
+        all_vms,
+        opts,
+        jobs=jobs,
+        evaluate=not no_eval,
+        report=lambda o: click.echo(o.result.line() if o.result else f"{o.name}: failed: {o.error}"),
+    )
+    failed = sum(o.error is not None for o in outcomes)
+    pruning_failed = apply_ops.prune_orphans(settings, force=force, report=click.echo) if prune else 0
+    changed = sum(bool(o.result and o.result.done) for o in outcomes)
+    click.echo(f"{changed} changed, {len(outcomes) - changed - failed} unchanged, {failed} failed")
+    if failed or pruning_failed:
+        raise ToolError(
+            f"{failed + pruning_failed} of {len(outcomes)} VMs (and orphans) failed to apply",
+            "fix what each line above says, then run `ivm apply` again",
+        )
+
+
+@cli.command()
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
+@JOBS_OPTION
+@click.option(
+    "--canary",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Upgrade N VMs first and wait for them to be healthy before the rest go in batches of --jobs.",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Stop before the next wave once this many VMs were rolled back.",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a restarted VM has to show it is healthy; 0 skips the check.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Snapshot /var before moving a VM to a new base and keep this many per VM (0: none).",
+)
 @IMAGE_OPTION
 @shutdown_options(120)
 @click.pass_obj
 def upgrade(
-    settings: Settings, names: tuple[str, ...], all_vms: bool, image: Path | None, force: bool, timeout: float
+    settings: Settings,
+    names: tuple[str, ...],
+    all_vms: bool,
+    jobs: int,
+    canary: int,
+    max_failures: int,
+    health_timeout: float,
+    keep: int,
+    image: Path | None,
+    force: bool,
+    timeout: float,
 ) -> None:
     """Move VMs to the current build, keeping their /var.
 
     For each VM: import the new base if it is new, shut the VM down, make a fresh boot overlay on
     the new base, rebuild the identity disk from machines/NAME/, redefine, and start it again if it
-    was running. A VM already on the current base with an unchanged identity is left alone. One
-    VM's failure does not stop the others; the exit code is 1 if any failed.
+    was running. While a VM is stopped for a new base its /var is snapshotted (named after the base
+    it ran; --keep). A VM already on the current base with an unchanged identity is left alone. Up to
+    --jobs VMs at a time, a line for each as it finishes. One VM's error does not stop the others.
+
+    A VM restarted on a new base must be healthy within --health-timeout: its QEMU guest agent
+    answers (over its virtio-serial channel, no network), and the machine's health_check from
+    meta.nix, if any, exits 0 in the guest. If not, it is put back on its previous base and started
+    (`rolled back: ...`), and after --max-failures such VMs the run stops before the next wave.
+    With --canary N the first N VMs form a wave of their own. The exit code is 1 if any VM failed
+    or was rolled back.
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs to upgrade, or pass --all")
@@ -78,8 +225,14 @@ def upgrade(
         timeout=timeout,
         report=click.echo,
         progress=output.progress,
+        rollout=upgrade_ops.Rollout(jobs, canary, max_failures, health_timeout, keep),
     )
     click.echo(result.summary())
+    if result.rolled_back:
+        raise ToolError(
+            f"{result.rolled_back} VM(s) were unhealthy on the new base and rolled back",
+            "fix the build (or the machine's health_check), then run the same command again",
+        )
     if result.failures:
         total = len(result.results) + len(result.failures)
         raise ToolError(
@@ -90,15 +243,56 @@ def upgrade(
 
 @cli.command()
 @NAME
+@click.option("--with-data", is_flag=True, help="Also put /var back to a snapshot taken on that base.")
+@click.option(
+    "--snapshot",
+    metavar="SNAPSHOT",
+    help="With --with-data: this snapshot (see `ivm snapshots NAME`) instead of the newest on that base.",
+)
 @shutdown_options(120)
 @click.pass_obj
-def rollback(settings: Settings, name: str, force: bool, timeout: float) -> None:
-    """Put NAME back on the base it ran before its last upgrade (its /var is kept). Running it again
-    goes forward again: the two bases swap places."""
+def rollback(
+    settings: Settings, name: str, with_data: bool, snapshot: str | None, force: bool, timeout: float
+) -> None:
+    """Put NAME back on the base it ran before its last upgrade. Plain rollback keeps /var as it is;
+    --with-data also restores /var to the newest snapshot taken on that base (the /var it replaces
+    is snapshotted first). Running it again goes forward again: the two bases swap places."""
+    if snapshot and not with_data:
+        raise click.UsageError("--snapshot needs --with-data")
     with vm_session(settings, name) as s:
-        click.echo(
-            upgrade_ops.move_to_base(s, upgrade_ops.previous_base(s), force=force, timeout=timeout).line()
-        )
+        if not with_data:
+            click.echo(
+                upgrade_ops.move_to_base(s, upgrade_ops.previous_base(s), force=force, timeout=timeout).line()
+            )
+            return
+        result, restored, saved = upgrade_ops.rollback_with_data(s, snapshot, force=force, timeout=timeout)
+    click.echo(f"{name}: /var restored from {restored} (the /var it replaced is kept as {saved})")
+    click.echo(result.line())
+
+
+@cli.command()
+@NAME
+@click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Delete all but the newest N.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def snapshots(settings: Settings, name: str, keep: int | None, as_json: bool) -> None:
+    """List NAME's /var snapshots, oldest first (upgrade takes one per new base; each is named after
+    the base /var ran on). --keep N deletes the oldest beyond N. The live /var is never touched."""
+    with vm_session(settings, name) as s:
+        dom = require(s.domain(), name)
+        deleted = snapshot_ops.prune(s, dom, keep) if keep is not None else []
+        found = snapshot_ops.var_snapshots(s, dom)
+    if as_json:
+        rows = [{"name": x.name, "created": x.created, "base": snapshot_ops.base_of(x.name)} for x in found]
+        click.echo(json.dumps({"snapshots": rows, "deleted": deleted}, indent=2))
+        return
+    for gone in deleted:
+        click.echo(f"{name}: deleted {gone}")
+    for x in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.created))
+        click.echo(f"{x.name}  {when}  base {snapshot_ops.base_of(x.name)}")
+    if not found:
+        click.echo(f"{name}: no /var snapshots")
 
 
 @cli.command()
@@ -121,6 +315,8 @@ def gc(settings: Settings, dry_run: bool, as_json: bool) -> None:
             click.echo(f"{r.uri}: {verb} {name}")
         for name in r.busy:
             click.echo(f"{r.uri}: skipped {name} (being imported right now)")
+        for name in r.kept:
+            click.echo(f"{r.uri}: keeps {name} ({r.reason(name)})")
         click.echo(f"{r.uri}: {len(r.kept)} base(s) in use, {len(r.deleted)} {verb}")
 
 

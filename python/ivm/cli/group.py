@@ -54,6 +54,9 @@ class _Group(click.Group):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(_short_usage(e.ctx), err=True)
+            sys.exit(Exit.USAGE)
         except click.UsageError as e:
             where = e.ctx.command_path if e.ctx else "ivm"
             click.echo(f"ivm: error: {e.format_message().rstrip('.')}; see '{where} --help'", err=True)
@@ -157,6 +160,20 @@ def cli(
     ctx.obj = Settings.from_env(
         machines_file=machines_file, root=root, flake=flake, connect=connect, virt_type=virt_type
     )
+
+
+def _short_usage(ctx: click.Context | None) -> str:
+    """What a bare `ivm` (or `ivm pool`) prints: its usage line and commands, not the whole help."""
+    if ctx is None or not isinstance(ctx.command, click.Group):
+        return "Usage: ivm [OPTIONS] COMMAND [ARGS]...; see 'ivm --help'"
+    names = ", ".join(ctx.command.list_commands(ctx))
+    first = (
+        "\nStart with: ivm up NAME (builds with Nix), or ivm up NAME --image FILE"
+        if ctx.parent is None
+        else ""
+    )
+    where = ctx.command_path
+    return f"{ctx.get_usage()}\nCommands: {names}{first}\nSee '{where} --help', or '{where} COMMAND --help'."
 
 
 def _show_version(ctx: click.Context, value: bool) -> None:

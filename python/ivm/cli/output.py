@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -15,9 +17,15 @@ from ivm.ops import provision
 from ivm.ops import status as status_ops
 
 
-def print_create(r: provision.CreateResult) -> None:
+def print_create(r: provision.CreateResult, image: Path | None = None) -> None:
     for name in r.generated:
         click.echo(f"{r.name}: generated {name}")
+    if r.asked:
+        click.echo(
+            f"{r.name}: runs base {r.base[:12]}, not --image's base {r.asked[:12]}; left as it is. "
+            f"Move it there (its /var is kept) with: ivm upgrade {r.name} --image {image}"
+        )
+        return
     if r.already_existed:
         click.echo(f"{r.name}: already created on base {r.base[:12]}; nothing to do")
         return
@@ -53,17 +61,31 @@ def print_status(rows: list[status_ops.VmStatus], as_json: bool, detail: bool) -
             disks = " ".join(f"{v}{'' if ok else ' (missing)'}" for v, ok in r.volumes.items())
             used = _size(r.var_used_bytes) if r.var_used_bytes is not None else "-"
             total = _size(r.var_size_bytes) if r.var_size_bytes is not None else "-"
-            line += f"  var {used}/{total}  {r.uri}\n{'':<{width}}  {disks}"
+            line += f"  var {used}/{total}  {r.uri}"
+            line += f"\n{'':<{width}}  {_drift(r)}; previous base {(r.previous_base or '-')[:12]}"
+            line += f"\n{'':<{width}}  {disks}"
             line += "".join(f"\n{'':<{width}}  drift: {d} (`ivm start` repairs it)" for d in r.ownership)
         click.echo(line)
 
 
+def _drift(r: status_ops.VmStatus) -> str:
+    if r.behind is None:
+        return "behind: unknown (no current build known)"
+    if r.behind:
+        return f"behind: yes, current build is base {(r.current_base or '-')[:12]} (ivm upgrade {r.name})"
+    return "behind: no"
+
+
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n //= 1024
-    return f"{n} TiB"
+    """Bytes in binary units with one decimal, rounded up: a little used never reads as 0."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{math.ceil(value * 10) / 10:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @contextmanager

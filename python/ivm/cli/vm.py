@@ -9,6 +9,7 @@ import click
 
 from ivm.cli import output
 from ivm.cli.group import IMAGE_OPTION, NAME, cli, shutdown_options
+from ivm.cli.many import many_vms, run_each
 from ivm.config import Settings
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import load_identity
@@ -17,7 +18,7 @@ from ivm.names import check_vm_name
 from ivm.ops import define as define_ops
 from ivm.ops import destroy as destroy_ops
 from ivm.ops import power, provision
-from ivm.ops.session import vm_session
+from ivm.ops.session import VmSession, vm_session
 from ivm.run import find_tool
 
 
@@ -34,26 +35,34 @@ def build(settings: Settings, name: str) -> None:
 
 
 @cli.command()
-@NAME
+@many_vms
 @IMAGE_OPTION
 @click.pass_obj
-def create(settings: Settings, name: str, image: Path | None) -> None:
-    """Create NAME's disks: import the base if new, make the boot overlay, var and identity disks.
+def create(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int, image: Path | None) -> None:
+    """Create each VM's disks: import the base if new, make the boot overlay, var and identity disks.
 
     Missing identity files (machine-id, hostname, SSH host key) are generated in machines/NAME/.
-    Running it again finishes an interrupted run; on a complete VM it changes nothing.
+    Running it again finishes an interrupted run; on a complete VM it changes nothing. Several
+    names or --all: up to --jobs at a time, a summary, exit 1 if any failed.
     """
-    with vm_session(settings, name) as s:
-        output.print_create(provision.create(s, image, output.progress))
+    bar = output.progress if jobs == 1 else None
+    run_each(
+        settings,
+        names,
+        all_vms,
+        jobs,
+        lambda s: provision.create(s, image, bar),
+        lambda r: output.print_create(r, image),
+        "created",
+    )
 
 
 @cli.command()
-@NAME
+@many_vms
 @click.pass_obj
-def define(settings: Settings, name: str) -> None:
-    """Define (or update) NAME's libvirt domain; it takes effect at the next boot."""
-    with vm_session(settings, name) as s:
-        output.print_define(define_ops.define(s))
+def define(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int) -> None:
+    """Define (or update) each VM's libvirt domain; it takes effect at the next boot."""
+    run_each(settings, names, all_vms, jobs, define_ops.define, output.print_define, "defined")
 
 
 @cli.command()
@@ -81,15 +90,22 @@ def start(settings: Settings, name: str) -> None:
 
 
 @cli.command()
-@NAME
+@many_vms
 @IMAGE_OPTION
 @click.pass_obj
-def up(settings: Settings, name: str, image: Path | None) -> None:
-    """Build, create, define and start NAME: the one command for a new VM. Safe to repeat."""
-    with vm_session(settings, name) as s:
-        output.print_create(provision.create(s, image, output.progress))
-        output.print_define(define_ops.define(s))
-        click.echo(f"{name}: started" if power.start(s) else f"{name}: already running")
+def up(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int, image: Path | None) -> None:
+    """Build, create, define and start each VM: the one command for new VMs. Safe to repeat."""
+    bar = output.progress if jobs == 1 else None
+
+    def job(s: VmSession) -> tuple[provision.CreateResult, define_ops.DefineResult, bool]:
+        return provision.create(s, image, bar), define_ops.define(s), power.start(s)
+
+    def show(r: tuple[provision.CreateResult, define_ops.DefineResult, bool]) -> None:
+        output.print_create(r[0], image)
+        output.print_define(r[1])
+        click.echo(f"{r[0].name}: started" if r[2] else f"{r[0].name}: already running")
+
+    run_each(settings, names, all_vms, jobs, job, show, "up")
 
 
 @cli.command()
@@ -134,6 +150,7 @@ def console(settings: Settings, name: str) -> None:
     check_vm_name(name)
     uri = settings.uri_for(settings.machine(name))
     virsh = find_tool("virsh", "the libvirt client (Debian: libvirt-clients)")
+    power.check_console(settings, name, uri)  # ivm's own one-line errors, before virsh takes over
     os.execv(virsh, ["virsh", "-c", uri, "console", name])  # noqa: S606 -- hand the terminal to virsh
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from ivm.errors import ToolError
+from ivm.errors import ToolError, UsageError
 from ivm.hypervisor.uri import checked_uri, socket_problem
 
 log = logging.getLogger("ivm.libvirt")
@@ -56,6 +56,13 @@ def translate(e: Any, action: str, uri: str | None = None) -> ToolError:
 
 def _cannot_connect(uri: str | None, message: str) -> ToolError:
     target = uri or "the default URI"
+    lowered = message.lower()
+    if "unexpected qemu uri path" in lowered or "no connection driver available" in lowered:
+        return UsageError(
+            f"cannot connect to libvirt at {target}: not a URI this host understands ({message})",
+            "check its spelling (qemu:///system, qemu:///session, qemu+ssh://HOST/system) in --connect, "
+            "LIBVIRT_URI, LIBVIRT_DEFAULT_URI or the machine's libvirt_uri",
+        )
     if "permission denied" in message.lower() or "authentication" in message.lower():
         hint = (
             "you may not use this daemon: join the 'libvirt' group (then log in again), use "

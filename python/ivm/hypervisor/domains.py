@@ -16,6 +16,7 @@ from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
 
 log = logging.getLogger("ivm.domains")
+PROGRESS_EVERY = 10.0  # seconds between "still waiting" lines
 
 
 class State(StrEnum):
@@ -52,6 +53,14 @@ class Domains:
                 return None
             raise translate(e, f"looking up domain {name}") from None
 
+    def name_by_uuid(self, uuid: str) -> str | None:
+        try:
+            return str(self.conn.lookupByUUIDString(uuid).name())
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(e, f"looking up the domain with UUID {uuid}") from None
+
     def all(self) -> list[Any]:
         with libvirt_errors("listing domains"):
             return list(self.conn.listAllDomains(0))
@@ -87,13 +96,25 @@ class Domains:
                     raise
         return self.wait_off(dom, timeout)
 
-    def wait_off(self, dom: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def wait_off(self, dom: Any, timeout: float, every: float = PROGRESS_EVERY) -> bool:
+        """Wait for the guest to power off, saying what for and how long, and every `every`
+        seconds how long it has waited (a guest that ignores ACPI would otherwise mean silence)."""
+        start = time.monotonic()
+        deadline, told = start + timeout, start
+        if self.state(dom) is State.SHUT_OFF:
+            return True
+        log.info("waiting up to %g s for %s to shut down (ACPI power button)", timeout, dom.name())
         while True:
             if self.state(dom) is State.SHUT_OFF:
                 return True
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return False
+            if now - told >= every:
+                told = now
+                log.info(
+                    "still waiting for %s to shut down: %.0f s of %g s", dom.name(), now - start, timeout
+                )
             time.sleep(0.2)
 
     def power_off(self, dom: Any) -> None:
@@ -219,3 +240,29 @@ def routable_ip(value: object) -> str | None:
     if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
         return None
     return str(ip)
+
+
+HEALTH_NS = "urn:x-ivm:health:1"
+
+
+def set_health_pending(dom: Any, pending: bool) -> None:
+    """Remember that an upgrade restarted this VM on a new base and has not yet seen it healthy, so
+    a re-run after a crash still judges it (and rolls it back if need be)."""
+    with libvirt_errors(f"recording the health check of {dom.name()}"):
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            "<health/>" if pending else None,
+            "ivmh" if pending else None,
+            HEALTH_NS,
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
+
+
+def health_pending(dom: Any) -> bool:
+    try:
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HEALTH_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return False
+        raise translate(e, f"reading {dom.name()}'s metadata") from None
+    return True

@@ -81,16 +81,52 @@ class Storage:
                 self._pool = pool
                 return pool
             log.info("creating storage pool %s at %s", self.name, self.path)
-            pool = self.conn.storagePoolDefineXML(pool_xml(self.name, self.path), 0)
             try:
-                pool.build(0)
-                pool.create(0)
-                pool.setAutostart(1)
-            except libvirt.libvirtError:
-                pool.undefine()  # leave nothing half-made
-                raise
+                pool = self.conn.storagePoolDefineXML(pool_xml(self.name, self.path), 0)
+            except libvirt.libvirtError as e:
+                raise self._define_error(e) from None
+            _build_or_undo(pool, self.path)
         self._pool = pool
         return pool
+
+    def _define_error(self, e: Any) -> ToolError:
+        message = (e.get_error_message() or str(e)).strip()
+        if "source conflict" in message.lower() or "already exists" in message.lower():
+            return ToolError(
+                f"cannot create storage pool {self.name} at {self.path}: {message}",
+                "another pool already uses that directory: set IVM_POOL_PATH to a directory of its own",
+            )
+        return translate(e, f"creating storage pool {self.name} at {self.path}")
+
+    def remove_if_empty(self) -> bool:
+        """Stop, delete and undefine the pool (its directory too) if it holds no volume.
+        False if there is no such pool; refuses one with volumes, or one ivm would not have made."""
+        with libvirt_errors(f"looking up storage pool {self.name}"):
+            pool = self.find()
+        if pool is None:
+            return False
+        with libvirt_errors(f"removing storage pool {self.name}"):
+            volumes = sorted(pool.listVolumes())
+            if volumes:
+                listed = ", ".join(volumes[:5])
+                raise ToolError(
+                    f"storage pool {self.name} still holds {len(volumes)} volume(s): {listed}",
+                    "destroy its VMs (ivm destroy NAME --delete-data) and run ivm gc first",
+                )
+            target = etree.fromstring(pool.XMLDesc(0).encode()).findtext("target/path")
+            if target != self.path:
+                raise ToolError(
+                    f"storage pool {self.name} lives at {target}, not where ivm makes it ({self.path})",
+                    "ivm removes only a pool of its own; remove this one with virsh pool-delete and "
+                    "pool-undefine if you mean it",
+                )
+            log.info("removing storage pool %s at %s", self.name, self.path)
+            if pool.isActive():
+                pool.destroy()
+            pool.delete(0)
+            pool.undefine()
+        self._pool = None
+        return True
 
     def volume(self, name: str) -> Any:
         pool = self.find()
@@ -206,6 +242,26 @@ class Storage:
                 chunks.append(data)
             stream.finish()
         return b"".join(chunks)[:length]
+
+
+def _build_or_undo(pool: Any, path: str) -> None:
+    """Build, start and autostart a just-defined pool; on failure leave nothing behind: no
+    directory it made, no definition."""
+    made_dir = not Path(path).exists()  # pool.delete only removes an empty directory, never files
+    try:
+        pool.build(0)
+        pool.create(0)
+        pool.setAutostart(1)
+    except libvirt.libvirtError:
+        try:
+            if pool.isActive():
+                pool.destroy()
+            if made_dir:
+                pool.delete(0)
+        except libvirt.libvirtError:
+            log.debug("undoing the half-made pool's directory failed")
+        pool.undefine()
+        raise
 
 
 def _refresh(pool: Any) -> None:

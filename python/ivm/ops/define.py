@@ -68,16 +68,74 @@ def created_base(s: VmSession) -> str:
     return base
 
 
+# Devices libvirt adds to every domain it defines: never ivm's, so never a difference.
+LIBVIRT_DEVICES = frozenset({"emulator", "controller", "audio"})
+
+
+def differences(desired: etree._Element, actual: etree._Element) -> tuple[str, ...]:
+    """What stands between libvirt's definition `actual` and the `desired` domain, one phrase per
+    element; empty when they agree. Semantic, not textual: what libvirt adds (addresses, aliases,
+    seclabels, controllers, expanded machine types, defaults) is ignored, but a device ivm no longer
+    wants (a NIC removed from meta.nix) counts. The metadata's tool version is not compared:
+    a newer ivm alone never redefines or restarts a VM."""
+    found: list[str] = []
+    remaining = list(actual)
+    for child in desired:
+        # The UUID is kept as libvirt knows it (define never changes it); devices and metadata below.
+        if child.tag in ("uuid", "metadata", "devices"):
+            continue
+        match = next((a for a in remaining if covers(child, a)), None)
+        if match is None:
+            found.append(f"{child.tag!s} differs")
+        else:
+            remaining.remove(match)
+    want_devices, have_devices = desired.find("devices"), actual.find("devices")
+    have = [d for d in (have_devices if have_devices is not None else []) if not _added_by_libvirt(d)]
+    for device in want_devices if want_devices is not None else []:
+        match = next((a for a in have if covers(device, a)), None)
+        if match is None:
+            found.append(f"{_describe(device)} missing or changed")
+        else:
+            have.remove(match)
+    found += [f"{_describe(d)} not wanted" for d in have]
+    want_meta = read_metadata(etree.tostring(desired, encoding="unicode"))
+    have_meta = read_metadata(etree.tostring(actual, encoding="unicode"))
+    if want_meta is not None and (
+        have_meta is None or replace(have_meta, tool_version="") != replace(want_meta, tool_version="")
+    ):
+        found.append("ivm metadata differs")
+    return tuple(found)
+
+
+def _added_by_libvirt(device: etree._Element) -> bool:
+    # libvirt gives every x86 domain a PS/2 mouse and keyboard.
+    return device.tag in LIBVIRT_DEVICES or (device.tag == "input" and device.get("bus") == "ps2")
+
+
+def _describe(device: etree._Element) -> str:
+    label = next(
+        (
+            value
+            for child, key in (
+                ("target", "dev"),
+                ("target", "name"),
+                ("source", "network"),
+                ("source", "bridge"),
+            )
+            if (found := device.find(child)) is not None and (value := found.get(key))
+        ),
+        None,
+    )
+    return f"{device.tag!s} {label}" if label else str(device.tag)
+
+
 def define(s: VmSession, base_hash: str | None = None) -> DefineResult:
     spec = desired_spec(s, base_hash or created_base(s))
     dom = s.domain()
     if dom is not None:
         actual = etree.fromstring(s.hv.domains.xml(dom).encode())
         running = s.hv.domains.state(dom) is State.RUNNING
-        if (
-            covers(domain_element(spec), actual)
-            and read_metadata(etree.tostring(actual, encoding="unicode")) == spec.metadata
-        ):
+        if not differences(domain_element(spec), actual):
             return DefineResult(s.name, changed=False, was_defined=True, running=running)
         # Keep the UUID libvirt knows this domain by, even if the machine-id file changed.
         spec = replace(spec, uuid=actual.findtext("uuid"))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
-from ivm.ops.session import VmSession
+from ivm.ops.session import Hypervisor, VmSession
+from ivm.volumes import vm_volumes
 
 
 @dataclass(frozen=True)
@@ -18,19 +19,24 @@ class DestroyResult:
 
 
 def destroy(s: VmSession, delete_data: bool, force: bool) -> DestroyResult:
-    dom = s.domain()
+    return destroy_vm(s.hv, s.name, delete_data, force)
+
+
+def destroy_vm(hv: Hypervisor, name: str, delete_data: bool, force: bool) -> DestroyResult:
+    """By name alone, so that `apply --prune` can remove a VM whose machine is gone."""
+    dom = hv.domains.lookup(name)
     if dom is not None:
-        state = s.hv.domains.state(dom)
+        state = hv.domains.state(dom)
         if state not in (State.SHUT_OFF, State.CRASHED):
             if not force:
                 raise ToolError(
-                    f"{s.name} is {state.value}",
-                    f"stop it first (ivm stop {s.name}) or pass --force to power it off",
+                    f"{name} is {state.value}",
+                    f"stop it first (ivm stop {name}) or pass --force to power it off",
                 )
-            s.hv.domains.power_off(dom)
-        s.hv.domains.undefine(dom)
-    vols = s.volumes
+            hv.domains.power_off(dom)
+        hv.domains.undefine(dom)
+    vols = vm_volumes(name)
     doomed = [vols.boot, vols.identity] + ([vols.var] if delete_data else [])
-    deleted = tuple(v for v in doomed if s.hv.storage.delete(v, wipe=v == vols.identity))
-    kept = vols.var if not delete_data and s.hv.storage.volume(vols.var) is not None else None
-    return DestroyResult(s.name, dom is not None, deleted, kept)
+    deleted = tuple(v for v in doomed if hv.storage.delete(v, wipe=v == vols.identity))
+    kept = vols.var if not delete_data and hv.storage.volume(vols.var) is not None else None
+    return DestroyResult(name, dom is not None, deleted, kept)

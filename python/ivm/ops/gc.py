@@ -26,6 +26,10 @@ class GcResult:
     deleted: tuple[str, ...]
     kept: tuple[str, ...]
     busy: tuple[str, ...]
+    why: tuple[tuple[str, str], ...] = ()  # (kept base, what refers to it)
+
+    def reason(self, base: str) -> str:
+        return "; ".join(r for b, r in self.why if b == base)
 
 
 def gc(settings: Settings, dry_run: bool) -> list[GcResult]:
@@ -45,7 +49,8 @@ def gc_pool(settings: Settings, uri: str, dry_run: bool) -> GcResult:
             return GcResult(uri, (), (), ())
         volumes = hv.storage.volume_names()
         bases = [v for v in volumes if base_hash_of(v)]
-        used = referenced_bases(hv, volumes)
+        reasons = base_references(hv, volumes)
+        used = set(reasons)
         deleted: list[str] = []
         busy: list[str] = []
         for name in bases:
@@ -60,27 +65,36 @@ def gc_pool(settings: Settings, uri: str, dry_run: bool) -> GcResult:
                     deleted.append(name)
             except ToolError:
                 busy.append(name)
-        return GcResult(uri, tuple(deleted), tuple(sorted(used & set(bases))), tuple(busy))
+        kept = tuple(sorted(used & set(bases)))
+        why = tuple((b, r) for b in kept for r in reasons[b])
+        return GcResult(uri, tuple(deleted), kept, tuple(busy), why)
 
 
-def referenced_bases(hv: Hypervisor, volumes: list[str]) -> set[str]:
-    used: set[str] = set()
+def base_references(hv: Hypervisor, volumes: list[str]) -> dict[str, list[str]]:
+    """Each referenced base volume with what refers to it, in words."""
+    why: dict[str, list[str]] = {}
+
+    def note(base: str, reason: str) -> None:
+        if reason not in why.setdefault(base, []):
+            why[base].append(reason)
+
     for dom in hv.domains.all():
         xml = hv.domains.xml(dom)
         meta = read_metadata(xml)
+        name = dom.name()
         if meta is not None:
-            used |= {f"base-{meta.base}.qcow2"} | (
-                {f"base-{meta.previous_base}.qcow2"} if meta.previous_base else set()
-            )
+            note(f"base-{meta.base}.qcow2", f"{name} runs it")
+            if meta.previous_base:
+                note(f"base-{meta.previous_base}.qcow2", f"{name}'s previous base, for rollback")
         root = etree.fromstring(xml.encode())
         for source in root.iterfind("devices/disk/source"):
             for ref in (source.get("volume"), source.get("file")):
                 if ref and base_hash_of(Path(ref).name):
-                    used.add(Path(ref).name)
-    for name in volumes:
-        if base_hash_of(name):
+                    note(Path(ref).name, f"a disk of domain {name}")
+    for vol in volumes:
+        if base_hash_of(vol):
             continue
-        backing = hv.storage.backing_path(name)
+        backing = hv.storage.backing_path(vol)
         if backing and base_hash_of(Path(backing).name):
-            used.add(Path(backing).name)
-    return used
+            note(Path(backing).name, f"backs volume {vol}")
+    return why

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, require
 from ivm.hypervisor.ownership import find_drift, repair
 from ivm.hypervisor.security import static_uid
 from ivm.ops.define import created_base
-from ivm.ops.session import VmSession
+from ivm.ops.session import VmSession, open_hypervisor
 
 log = logging.getLogger("ivm.power")
 
@@ -72,3 +73,12 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
     s.hv.domains.power_off(dom)
     repair_ownership(s, dom, fatal=False)
     return "forced"
+
+
+def check_console(settings: Settings, name: str, uri: str) -> None:
+    """The connection works and NAME runs: otherwise virsh would print libvirt's raw errors."""
+    with open_hypervisor(settings, uri) as hv:
+        dom = require(hv.domains.lookup(name), name)
+        state = hv.domains.state(dom)
+    if state is not State.RUNNING:
+        raise ToolError(f"{name} is {state}: it has no console to attach to", f"start it: ivm start {name}")

@@ -14,10 +14,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from ivm.domain_xml import domain_uuid
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.storage import Progress
 from ivm.hypervisor.uri import parse_uri, secret_notice
+from ivm.identity.clashes import check_clashes, check_machine_id_on_hypervisor, warn_unknown_files
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
 from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, external_reference, image_file, inspect, nix_build
@@ -41,6 +43,7 @@ class CreateResult:
     created: tuple[str, ...]
     kept: tuple[str, ...]
     generated: tuple[str, ...]
+    asked: str | None = None  # the base --image asked for, when the VM already runs another
 
     @property
     def already_existed(self) -> bool:
@@ -56,7 +59,15 @@ def resolve_image(s: VmSession, image: Path | None) -> BaseImage:
 
 
 def vm_identity(s: VmSession, generate: bool = True) -> Identity:
-    return load_identity(machine_dir(s.settings.project_root, s.name), s.name, generate=generate)
+    return checked(s, load_identity(machine_dir(s.settings.project_root, s.name), s.name, generate=generate))
+
+
+def checked(s: VmSession, identity: Identity) -> Identity:
+    """The identity, unless it shares its machine-id, hostname or example keys with another machine."""
+    check_clashes(identity, s.name, s.settings.project_root / "machines", s.settings.machines)
+    holder = s.hv.domains.name_by_uuid(domain_uuid(identity.machine_id))
+    check_machine_id_on_hypervisor(identity, s.name, holder)
+    return identity
 
 
 def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = None) -> CreateResult:
@@ -64,10 +75,13 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
     directory = machine_dir(s.settings.project_root, s.name)
     generated = tuple(generate_missing(directory, s.name))
     failpoint("create:after-generate")
-    identity = load_identity(directory, s.name, generate=False)  # all checked before any change
+    identity = checked(s, load_identity(directory, s.name, generate=False))  # before any change
+    warn_unknown_files(directory)
     current = boot_base(s.hv, vols.boot)
     if current and is_complete(s.hv, vols.identity, "ext4") and s.hv.storage.volume(vols.var):
-        return CreateResult(s.name, current, (), vols.all(), generated)
+        # create never moves a complete VM to another base: that is upgrade's job (it stops the VM).
+        asked = inspect(image_file(image)).hash if image is not None else None
+        return CreateResult(s.name, current, (), vols.all(), generated, asked if asked != current else None)
 
     base = resolve_image(s, image)
     s.hv.storage.ensure()

@@ -14,6 +14,7 @@ from ivm.hypervisor.storage import Storage
 from ivm.lock import resource_lock
 from ivm.machines import Machine
 from ivm.names import check_vm_name
+from ivm.privilege import check_uri_for_user
 from ivm.volumes import VmVolumes, vm_volumes
 
 
@@ -44,6 +45,7 @@ class VmSession:
 
 @contextmanager
 def open_hypervisor(settings: Settings, uri: str) -> Iterator[Hypervisor]:
+    check_uri_for_user(uri)
     with connect(uri) as conn:
         storage = Storage(conn, settings.pool, settings.pool_path_for(uri))
         yield Hypervisor(uri, conn, storage, Domains(conn))

@@ -37,11 +37,12 @@ def _esp(files: dict[str, Path], dest: Path) -> int:
     return size_mib * MIB
 
 
-def build_standin_image(dest: Path, marker: str) -> Path:
+def build_standin_image(dest: Path, marker: str, *, stay: bool = False, agent: bool = False) -> Path:
     """Write a raw GPT disk image at `dest` that boots (UEFI) into the reporting /init; return `dest`.
 
     `marker` reaches the guest as `ivm.marker=` on the kernel command line, so tests can tell
-    which image a VM booted.
+    which image a VM booted. `stay` keeps the guest running after its report (it ignores ACPI,
+    so only a forced power-off stops it); `agent` also answers QEMU guest-agent pings.
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", marker):
         raise ValueError(f"marker {marker!r}: use 1-64 of A-Z a-z 0-9 . _ -")
@@ -55,7 +56,7 @@ def build_standin_image(dest: Path, marker: str) -> Path:
         (work / "loader.conf").write_text("default ivm.conf\ntimeout 0\nconsole-mode keep\n")
         (work / "ivm.conf").write_text(
             "title ivm stand-in guest\nlinux /vmlinuz\ninitrd /initrd\n"
-            f"options console=ttyS0 ivm.marker={marker}\n"
+            f"options console=ttyS0 ivm.marker={marker} ivm.stay={int(stay)} ivm.agent={int(agent)}\n"
         )
         files = {
             "EFI/BOOT/BOOTX64.EFI": SYSTEMD_BOOT,

@@ -1,5 +1,6 @@
 #!/bin/busybox sh
-# Stand-in guest /init: report on the serial console what this VM sees, then power off.
+# Stand-in guest /init: report on the serial console what this VM sees, then power off; with
+# ivm.stay=1 keep running instead, with ivm.agent=1 also answering guest-agent pings.
 # Every step is independent, so one failure still ends with "IVM-REPORT done".
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /mnt/var /mnt/identity
@@ -22,9 +23,13 @@ await() {
 
 if [ -d /sys/firmware/efi ]; then report efi=1; else report efi=0; fi
 
-marker=-
+marker=- stay=0 agent=0
 for word in $(cat /proc/cmdline); do
-    case "$word" in ivm.marker=*) marker="${word#ivm.marker=}" ;; esac
+    case "$word" in
+        ivm.marker=*) marker="${word#ivm.marker=}" ;;
+        ivm.stay=1) stay=1 ;;
+        ivm.agent=1) agent=1 ;;
+    esac
 done
 report "marker=$marker"
 
@@ -98,6 +103,42 @@ elif mount -t ext4 -o ro "/dev/$identity" /mnt/identity; then
     umount /mnt/identity
 else
     report "error mount=identity"
+fi
+
+# A QEMU guest agent that knows two commands: libvirt's guest-sync handshake and guest-ping.
+agent() {
+    port= i=0
+    while [ -z "$port" ] && [ $i -lt 100 ]; do # the port appears shortly after the module loads
+        for dir in /sys/class/virtio-ports/*; do
+            [ "$(cat "$dir/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${dir##*/}"
+        done
+        [ -n "$port" ] || sleep 0.1
+        i=$((i + 1))
+    done
+    if [ -z "$port" ] || ! await "$port"; then
+        report "error agent-port-missing"
+        return
+    fi
+    report "agent port=$port"
+    while :; do
+        # One read-write open: a virtio-serial port refuses a second one.
+        exec 3<>"$port"
+        while IFS= read -r line <&3; do
+            case "$line" in
+                *guest-sync*) echo "{\"return\": $(echo "$line" | sed -n 's/.*"id" *: *\([0-9]*\).*/\1/p')}" >&3 ;;
+                *guest-ping*) echo '{"return": {}}' >&3 ;;
+                *) echo '{"error": {"class": "CommandNotFound", "desc": "stand-in agent"}}' >&3 ;;
+            esac
+        done
+        exec 3<&-
+        sleep 0.2 # the host end closed: wait for the next connection
+    done
+}
+
+if [ "$stay" = 1 ]; then
+    [ "$agent" = 1 ] && agent &
+    report done
+    while :; do sleep 60; done
 fi
 
 report done

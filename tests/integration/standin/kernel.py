@@ -16,7 +16,7 @@ from pathlib import Path
 # Needed to see and mount virtio disks; crc32c_generic because ext4's metadata_csum asks the
 # crypto API for crc32c, whose on-demand modprobe an initrd without modprobe cannot answer.
 REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "ext4")
-OPTIONAL_MODULES = ("crc32c_generic",)
+OPTIONAL_MODULES = ("crc32c_generic", "virtio_console")
 
 
 class StandinError(RuntimeError):
