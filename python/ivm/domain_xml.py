@@ -88,13 +88,12 @@ def domain_title(spec: DomainSpec) -> str:
 
 
 def domain_description(spec: DomainSpec) -> str:
-    """Where the VM comes from and where to change it; only values that are also in the domain, so
-    an unchanged VM gets the same text and `define` does not redefine it."""
+    """Where the VM comes from and where to change it; only settings that redefine the domain anyway
+    (never the base, which an upgrade changes), so the text alone never causes a redefine."""
     m = spec.machine
     return (
-        f"Made by ivm from machines/{spec.name}/ (image {m.image_attr}, base {spec.metadata.base[:12]}, "
-        f"{m.vcpus} vCPU, {m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; "
-        "edits made here are replaced."
+        f"Made by ivm from machines/{spec.name}/ (image {m.image_attr}, {m.vcpus} vCPU, "
+        f"{m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; edits made here are replaced."
     )
 
 
