@@ -224,7 +224,8 @@ def test_bare_ivm_prints_short_usage_not_the_help() -> None:
     r = CliRunner().invoke(cli, [])
     assert r.exit_code == 2 and "ivm: error" not in r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0].startswith("Usage: ivm") and len(lines) <= 5 and "Commands: build" in r.stderr
+    assert lines[0].startswith("Usage: ivm") and len(lines) <= 5 and "Commands: " in r.stderr
+    assert "build" in lines[1] and "up" in lines[1]
     assert "Options:" not in r.stderr and "ivm up NAME --image FILE" in r.stderr
 
 

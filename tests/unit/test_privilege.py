@@ -317,7 +317,7 @@ def test_session_uri_as_root_is_refused_before_connecting(
     for args in (("create", "web1"), ("destroy", "web1"), ("pool", "remove")):
         r = run_cli(*args, uri="qemu:///session")
         line = one_error_line(r.stderr)
-        assert r.exit_code == 2 and "as root would keep the VMs' disks under /root" in line
+        assert r.exit_code == 2 and "as root would keep the VMs' disks under /root" in line, line
         assert "qemu:///system" in line
     assert opened == []
 

@@ -58,5 +58,6 @@ def vm_session(settings: Settings, name: str) -> Iterator[VmSession]:
     check_vm_name(name)
     machine = settings.machine(name)
     uri = settings.uri_for(machine)
+    check_uri_for_user(uri)  # a usage error, so before the lock like the others
     with resource_lock(uri, name), open_hypervisor(settings, uri) as hv:
         yield VmSession(name, machine, settings, hv)
