@@ -93,7 +93,7 @@ def domain_description(spec: DomainSpec) -> str:
     m = spec.machine
     return (
         f"Made by ivm from machines/{spec.name}/ (image {m.image_attr}, {m.vcpus} vCPU, "
-        f"{m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; edits made here are replaced."
+        f"{m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; edits here are replaced."
     )
 
 
