@@ -61,7 +61,7 @@ class DacLabel:
 class DomainSpec:
     name: str
     machine: Machine
-    machine_id: str
+    machine_id: str | None  # None: not generated yet (a preview); no UUID or MAC then
     pool: str
     volumes: VmVolumes
     metadata: Metadata
@@ -87,12 +87,41 @@ def domain_mac(machine_id: str) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
+def domain_title(spec: DomainSpec) -> str:
+    """What `virsh list --title` and virt-manager show: one line (libvirt refuses a newline)."""
+    return f"{spec.name}: ivm VM, image {spec.machine.image_attr}"
+
+
+def domain_description(spec: DomainSpec) -> str:
+    """Where the VM comes from and where to change it; only settings that redefine the domain anyway
+    (never the base, which an upgrade changes), so the text alone never causes a redefine."""
+    m = spec.machine
+    return (
+        f"Made by ivm from machines/{spec.name}/ (image {m.image_attr}, {m.vcpus} vCPU, "
+        f"{m.memory_mib} MiB). Change it there and run `ivm define {spec.name}`; edits here are replaced."
+    )
+
+
+def _uuid(spec: DomainSpec) -> list[etree._Element]:
+    if spec.uuid:
+        return [E.uuid(spec.uuid)]
+    return [E.uuid(domain_uuid(spec.machine_id))] if spec.machine_id else []
+
+
+def _mac(spec: DomainSpec) -> list[etree._Element]:
+    if spec.machine.mac:
+        return [E.mac(address=spec.machine.mac)]
+    return [E.mac(address=domain_mac(spec.machine_id))] if spec.machine_id else []
+
+
 def domain_element(spec: DomainSpec) -> etree._Element:
     m = spec.machine
     memory_kib = str(m.memory_mib * 1024)
     return E.domain(
         E.name(spec.name),
-        E.uuid(spec.uuid or domain_uuid(spec.machine_id)),
+        *_uuid(spec),
+        E.title(domain_title(spec)),
+        E.description(domain_description(spec)),
         E.metadata(metadata_element(spec.metadata)),
         E.memory(memory_kib, unit="KiB"),
         E.currentMemory(memory_kib, unit="KiB"),
@@ -195,7 +224,7 @@ def _devices(spec: DomainSpec) -> list[etree._Element]:
         source = E.source(network=net.name) if net.type is NetworkType.NETWORK else E.source(bridge=net.name)
         devices.append(
             E.interface(
-                E.mac(address=spec.machine.mac or domain_mac(spec.machine_id)),
+                *_mac(spec),
                 source,
                 E.model(type="virtio"),
                 type=net.type.value,
@@ -222,8 +251,9 @@ def _user_network(spec: DomainSpec) -> list[etree._Element]:
         [f"user,id={USER_NETDEV},restrict=on"]
         + [f"hostfwd=tcp:127.0.0.1:{f.host}-:{f.guest}" for f in net.forwards]
     )
-    mac = spec.machine.mac or domain_mac(spec.machine_id)
-    args = ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={USER_NETDEV},mac={mac},{USER_NIC_ADDRESS}"]
+    mac = spec.machine.mac or (domain_mac(spec.machine_id) if spec.machine_id else None)
+    nic = f"virtio-net-pci,netdev={USER_NETDEV}" + (f",mac={mac}" if mac else "") + f",{USER_NIC_ADDRESS}"
+    args = ["-netdev", netdev, "-device", nic]
     return [Q.commandline(*(Q.arg(value=a) for a in args))]
 
 

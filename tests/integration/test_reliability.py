@@ -544,9 +544,39 @@ def test_unreachable_daemon_is_one_clear_line(
 def test_unreachable_daemon_in_status_is_reported_not_raised(fleet: Fleet, tmp_path: Path) -> None:
     name = fleet.add(vm_name("nod"))
     r = ivm(fleet, tmp_path / "tmp", "--connect", UNREACHABLE, "status", name, "--json")
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     [row] = json.loads(r.stdout)
-    assert row["state"].startswith("unreachable: ")
+    assert row["state"].startswith("unreachable: ") and row["reachable"] is False
+    assert f"could not reach 1 hypervisor(s): {UNREACHABLE}" in one_line(r.stderr)
+
+
+@pytest.mark.parametrize(
+    "command", [("list",), ("list", "--json"), ("status", "--no-eval"), ("status", "--json")]
+)
+def test_list_and_status_exit_1_when_one_hypervisor_is_unreachable(
+    fleet: Fleet, images: Images, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Two machines, the second on a URI that does not answer: the reachable one is still printed
+    with its state, the other is marked unreachable, and the exit code is 1 so scripts can trust it."""
+    tmp = tmp_path / "tmp"
+    ok, lost = sorted(fleet.add(vm_name("ur")) for _ in range(2))
+    assert ivm(fleet, tmp, "create", ok, "--image", str(images.a)).returncode == 0
+    doc = json.loads(fleet.machines_file.read_text())
+    doc["machines"][lost]["libvirt_uri"] = UNREACHABLE
+    fleet.machines_file.write_text(json.dumps(doc))
+    r = ivm(fleet, tmp, *command)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"could not reach 1 hypervisor(s): {UNREACHABLE}" in last_error(r.stderr)
+    if "--json" in command:
+        rows = {row["name"]: row for row in json.loads(r.stdout)}
+        assert rows[ok]["reachable"] is True and rows[ok]["state"] == "created, not defined"
+        assert rows[lost]["reachable"] is False and rows[lost]["state"].startswith("unreachable: ")
+    else:
+        assert re.search(rf"^{ok}\s+created, not defined", r.stdout, re.MULTILINE), r.stdout
+        assert re.search(rf"^{lost}\s+unreachable: ", r.stdout, re.MULTILINE), r.stdout
+    doc["machines"][lost]["libvirt_uri"] = None
+    fleet.machines_file.write_text(json.dumps(doc))
+    assert ivm(fleet, tmp, *command).returncode == 0
 
 
 @pytest.fixture

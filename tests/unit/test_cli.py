@@ -11,11 +11,12 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from lxml import etree
 
 from ivm.cli import cli
-from ivm.domain_xml import Metadata, domain_xml
+from ivm.domain_xml import DomainSpec, Metadata, domain_mac, domain_uuid, domain_xml
+from ivm.identity.source import generate_missing
 from ivm.machines import parse_machines
-from ivm.ops.define import DomainSpec
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, RunCli, machine_entry
 
@@ -109,11 +110,35 @@ def test_text_file_is_not_a_disk_image(run_cli: RunCli, tmp_path: Path) -> None:
 def test_xml_prints_a_domain_without_store_paths(run_cli: RunCli, raw_image: Path, project: Project) -> None:
     r = run_cli("xml", "web1", "--image", str(raw_image))
     assert r.exit_code == 0, r.output
-    assert r.stdout.startswith('<domain type="test">') and "/nix/store" not in r.stdout
+    assert "/nix/store" not in r.stdout
     assert "<name>web1</name>" in r.stdout and "PRIVATE KEY" not in r.stdout
-    # identity was generated in the working tree, private key 0600
-    key = project.machine_dir("web1") / "ssh_host_ed25519_key"
-    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_xml_before_create_writes_nothing_and_says_what_it_cannot_know(
+    run_cli: RunCli, raw_image: Path, project: Project
+) -> None:
+    r = run_cli("xml", "web1", "--image", str(raw_image))
+    assert r.exit_code == 0, r.output
+    assert not project.machine_dir("web1").exists()  # printing never generates identity files
+    first, rest = r.stdout.split("\n", 1)
+    assert first.startswith("<!-- preview: machines/web1/machine-id does not exist yet")
+    assert rest.startswith('<domain type="test">')
+    assert "<uuid>" not in rest and "<mac " not in rest and "<interface" in rest
+    etree.fromstring(r.stdout.encode())  # still one well-formed document
+
+
+def test_xml_with_a_machine_id_shows_the_uuid_and_mac_define_will_use(
+    run_cli: RunCli, raw_image: Path, project: Project
+) -> None:
+    d = project.machine_dir("web1")
+    d.mkdir()
+    (d / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    r = run_cli("xml", "web1", "--image", str(raw_image))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith('<domain type="test">')
+    assert f"<uuid>{domain_uuid('0123456789abcdef0123456789abcdef')}</uuid>" in r.stdout
+    assert f'<mac address="{domain_mac("0123456789abcdef0123456789abcdef")}"/>' in r.stdout
+    assert sorted(p.name for p in d.iterdir()) == ["machine-id"]
 
 
 def test_identity_errors_are_usage_errors(run_cli: RunCli, raw_image: Path, project: Project) -> None:
@@ -126,7 +151,7 @@ def test_identity_errors_are_usage_errors(run_cli: RunCli, raw_image: Path, proj
 
 
 def test_identity_disk_command(run_cli: RunCli, project: Project, tmp_path: Path, raw_image: Path) -> None:
-    run_cli("xml", "web1", "--image", str(raw_image))  # generates the identity
+    generate_missing(project.machine_dir("web1"), "web1")
     out = tmp_path / "id.img"
     r = run_cli("identity-disk", str(project.machine_dir("web1")), str(out), uri="")
     assert r.exit_code == 0 and out.stat().st_size == 4 * 1024 * 1024

@@ -183,3 +183,22 @@ def test_user_network_is_restricted_and_forwards_only_from_loopback() -> None:
         "hostfwd=tcp:127.0.0.1:8080-:80",
     ]
     assert f"mac={domain_mac(MACHINE_ID)}" in args[args.index("-device") + 1]
+
+
+def test_title_and_description_read_back_from_libvirt_and_do_not_churn(test_conn: Any) -> None:
+    s = replace(CASES["kvm-network-autofirmware"], virt_type="test", name="titled")
+    dom = test_conn.defineXML(domain_xml(s))
+    try:
+        title = dom.metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None)
+        assert title == "titled: ivm VM, image image-web1" and "\n" not in title
+        description = dom.metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None)
+        assert (
+            description.startswith("Made by ivm from machines/titled/") and "ivm define titled" in description
+        )
+        defined = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        assert covers(domain_element(s), defined)  # libvirt's copy satisfies the spec: no redefine
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_TITLE, "renamed by hand", None, None, 0)
+        edited = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        assert not covers(domain_element(s), edited)  # ivm's title is put back at the next define
+    finally:
+        dom.undefine()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,10 @@ def test_rollback_and_gc_on_test_driver(run_cli: RunCli) -> None:
     assert r.exit_code == 1 and "ivm define web1" in r.stderr
     r = run_cli("gc", "--dry-run")
     assert r.exit_code == 0, r.output
+    r = run_cli("gc", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    [one] = json.loads(r.stdout)
+    assert one["uri"] == "test:///default" and one["dry_run"] is True and one["deleted"] == []
 
 
 @pytest.mark.parametrize("env", [{"OVMF_VARS": "/x"}])

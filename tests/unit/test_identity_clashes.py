@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ivm.identity.clashes import EXAMPLE_KEY_BLOBS, warn_unknown_files
+from ivm.identity.source import generate_missing
 from ivm.identity.sshkey import split_authorized_key
 from tests.conftest import Project, RunCli
 from tests.unit.test_cli import one_error_line
@@ -29,7 +30,8 @@ def web1_made(run_cli: RunCli, project: Project, tmp_path: Path) -> Path:
     with image.open("wb") as f:
         f.truncate(8 * 1024 * 1024)
     subprocess.run(["sfdisk", "-q", str(image)], input=b"label: gpt\n,,U\n", check=True, env=SFDISK_ENV)
-    r = run_cli("xml", "web1", "--image", str(image))  # generates web1's identity
+    generate_missing(project.machine_dir("web1"), "web1")  # as `create` does first
+    r = run_cli("xml", "web1", "--image", str(image))
     assert r.exit_code == 0, r.output
     return image
 

@@ -15,10 +15,15 @@ class Lazy(NamedTuple):
     help: str  # the docstring's first sentence: all that click shows of it in the command list
 
 
-VM, FLEET, POOL = "ivm.cli.vm", "ivm.cli.fleet", "ivm.cli.pool"
+VM, FLEET, POOL, COMPLETION = "ivm.cli.vm", "ivm.cli.fleet", "ivm.cli.pool", "ivm.cli.completion"
 COMMANDS: dict[str, Lazy] = {
     "apply": Lazy(FLEET, "Carry out `ivm plan`: create, import, upgrade, rebuild identities, define, start."),
     "build": Lazy(VM, "Build NAME's base image with Nix and print its path and base hash."),
+    "completion": Lazy(
+        COMPLETION,
+        "Print the completion script for SHELL; it completes commands, options and machine names"
+        " (from --machines/IVM_MACHINES, else the project's machines/ folders).",
+    ),
     "console": Lazy(VM, "Attach to NAME's serial console (leave with Ctrl-])."),
     "create": Lazy(
         VM, "Create each VM's disks: import the base if new, make the boot overlay, var and identity disks."
@@ -41,6 +46,11 @@ COMMANDS: dict[str, Lazy] = {
     "ssh": Lazy(
         FLEET, "Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt)."
     ),
+    "ssh-config": Lazy(
+        FLEET,
+        "Print OpenSSH Host blocks for the VMs, so ssh, scp, rsync, Ansible and editors reach them"
+        " without ivm: `Include` the file from ~/.ssh/config, then `ssh web1`.",
+    ),
     "start": Lazy(VM, "Start NAME."),
     "status": Lazy(
         FLEET,
@@ -55,6 +65,6 @@ COMMANDS: dict[str, Lazy] = {
     ),
     "up": Lazy(VM, "Build, create, define and start each VM: the one command for new VMs."),
     "upgrade": Lazy(FLEET, "Move VMs to the current build, keeping their /var."),
-    "xml": Lazy(VM, "Print the domain XML that `define` would use."),
+    "xml": Lazy(VM, "Print the domain XML that `define` would use, writing nothing."),
 }
 MODULES = tuple(dict.fromkeys(lazy.module for lazy in COMMANDS.values()))

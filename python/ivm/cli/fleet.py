@@ -1,10 +1,11 @@
-"""Commands on the fleet: list, status, plan, apply, upgrade, rollback, snapshots, gc, ssh."""
+"""Commands on the fleet: list, status, plan, apply, upgrade, rollback, snapshots, gc, ssh, ssh-config."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ import click
 from ivm.cli import output
 from ivm.cli.group import cli
 from ivm.cli.many import JOBS_OPTION
-from ivm.cli.options import IMAGE_OPTION, NAME, shutdown_options
+from ivm.cli.options import IMAGE_OPTION, NAME, NAMES, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import require
@@ -21,6 +22,7 @@ from ivm.ops import gc as gc_ops
 from ivm.ops import observe
 from ivm.ops import snapshots as snapshot_ops
 from ivm.ops import ssh as ssh_ops
+from ivm.ops import ssh_config as ssh_config_ops
 from ivm.ops import status as status_ops
 from ivm.ops import upgrade as upgrade_ops
 from ivm.ops.session import vm_session
@@ -30,15 +32,18 @@ from ivm.ops.session import vm_session
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_(settings: Settings, as_json: bool) -> None:
-    """List every machine with its state and base.
+    """List every machine with its state and base. Exit code 1 if any hypervisor could not be
+    reached (the machines on the others are still listed).
 
     Quick: no `nix eval` (`status` says whether each VM runs the current build).
     """
-    output.print_status(status_ops.status(settings, evaluate=False), as_json, detail=False)
+    rows = status_ops.status(settings, evaluate=False)
+    output.print_status(rows, as_json, detail=False)
+    status_ops.require_reachable(rows)
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
@@ -49,13 +54,15 @@ def status(
     """Show state, base, disks and var usage of the named machines (default: all), and drift: whether
     each runs an older base than the current build (--image's, else the flake's by `nix eval`, else
     the newest base in the pool that a VM of the same image runs). On a local pool it also lists
-    ownership drift of each VM's read-only disks, which `ivm start` repairs."""
+    ownership drift of each VM's read-only disks, which `ivm start` repairs. Exit code 1 if any
+    hypervisor could not be reached (the rows of the others are still printed)."""
     rows = status_ops.status(settings, names, image=image, evaluate=not no_eval)
     output.print_status(rows, as_json, detail=True)
+    status_ops.require_reachable(rows)
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine; also list orphaned domains.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @IMAGE_OPTION
@@ -93,7 +100,7 @@ def plan(
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine.")
 @JOBS_OPTION
 @IMAGE_OPTION
@@ -148,7 +155,7 @@ def apply(
 
 
 @cli.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine that has been created.")
 @JOBS_OPTION
 @click.option(
@@ -294,14 +301,19 @@ def snapshots(settings: Settings, name: str, keep: int | None, as_json: bool) ->
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, one object per hypervisor.")
 @click.pass_obj
-def gc(settings: Settings, dry_run: bool) -> None:
+def gc(settings: Settings, dry_run: bool, as_json: bool) -> None:
     """Delete base images that no VM uses, on every hypervisor the machines name.
 
     A base is kept while any domain (running or not) or any volume in the pool refers to it,
     including each VM's previous base, which `rollback` needs.
     """
-    for r in gc_ops.gc(settings, dry_run):
+    results = gc_ops.gc(settings, dry_run)
+    if as_json:
+        click.echo(json.dumps([{**asdict(r), "dry_run": dry_run} for r in results], indent=2))
+        return
+    for r in results:
         verb = "would delete" if dry_run else "deleted"
         for name in r.deleted:
             click.echo(f"{r.uri}: {verb} {name}")
@@ -327,3 +339,43 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
     """
     argv = ssh_ops.prepare_ssh(settings, name, user, command)
     os.execv(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh
+
+
+@cli.command("ssh-config")
+@NAMES
+@click.option("--all", "all_vms", is_flag=True, help="Every machine; those ssh cannot reach now are skipped.")
+@click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
+@click.option(
+    "--output",
+    "-o",
+    "output_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the blocks to this file (and its pinned keys to FILE.known_hosts), each atomically.",
+)
+@click.pass_obj
+def ssh_config(
+    settings: Settings, names: tuple[str, ...], all_vms: bool, user: str, output_file: Path | None
+) -> None:
+    """Print OpenSSH Host blocks for the VMs, so ssh, scp, rsync, Ansible and editors reach them
+    without ivm: `Include` the file from ~/.ssh/config, then `ssh web1`.
+
+    Each block names the VM's current address (an IP of its own network card, as `ivm ssh` finds
+    it), pins its identity host key in a known_hosts file with strict checking, and turns off the
+    same forwarding options `ivm ssh` does. Addresses can change: run it again after a VM restarts.
+    Printed to stdout, the keys go to ivm's runtime directory; with --output they go beside FILE.
+    """
+    if bool(names) == all_vms:
+        raise click.UsageError("name the VMs, or pass --all")
+    targets, skipped = ssh_config_ops.collect(settings, names, all_vms)
+    for s in skipped:
+        click.echo(f"ivm: {s.name}: skipped: {s.reason}", err=True)
+    if output_file is not None:
+        config, keys = ssh_config_ops.render(
+            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file)
+        )
+        ssh_config_ops.write_config(output_file, config, keys)
+        click.echo(f"wrote {len(targets)} Host block(s) to {output_file}")
+        return
+    _, keys = ssh_config_ops.render(targets, skipped, user, Path())
+    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys))
+    click.echo(config, nl=False)

@@ -8,13 +8,16 @@ from typing import Any, TypeVar
 
 import click
 
+from ivm.cli.complete import machine_names
+
 F = TypeVar("F", bound=Callable[..., Any])
 IMAGE_OPTION = click.option(
     "--image",
     type=click.Path(path_type=Path),
     help="Use this disk image (qcow2, or raw with a partition table) instead of building it.",
 )
-NAME = click.argument("name", metavar="NAME")
+NAME = click.argument("name", metavar="NAME", shell_complete=machine_names)
+NAMES = click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=machine_names)
 
 
 def shutdown_options(default_timeout: float) -> Callable[[F], F]:

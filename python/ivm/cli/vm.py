@@ -71,7 +71,12 @@ def define(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int)
 @IMAGE_OPTION
 @click.pass_obj
 def xml(settings: Settings, name: str, image: Path | None) -> None:
-    """Print the domain XML that `define` would use."""
+    """Print the domain XML that `define` would use, writing nothing.
+
+    Before `create` it cannot know the domain UUID and the MAC address (both derive from
+    machines/NAME/machine-id, which `create` generates): they are left out, and a comment on the
+    first line says so. The base is the created VM's, else --image's, else the flake's (built).
+    """
     with vm_session(settings, name) as s:
         click.echo(define_ops.render_xml(s, image), nl=False)
 

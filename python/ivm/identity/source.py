@@ -99,6 +99,19 @@ def load_identity(directory: Path, hostname: str | None = None, generate: bool =
     return Identity(directory, files)
 
 
+def read_machine_id(directory: Path) -> str | None:
+    """The machine-id file alone, validated, or None when it is absent (nothing is generated)."""
+    rule = RULE[Name.MACHINE_ID]
+    data = _read(directory / rule.name, rule)
+    if data is None:
+        return None
+    try:
+        check_file(rule, data)
+    except ValueError as e:
+        raise UsageError(f"{directory / rule.name} {e}", _fix_hint(rule)) from None
+    return data.decode().strip()
+
+
 def generate_missing(directory: Path, hostname: str | None) -> list[Name]:
     """Create missing machine-id, hostname and host key; return what was generated."""
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):

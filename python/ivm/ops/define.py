@@ -15,6 +15,7 @@ from ivm.host import virt_type
 from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
 from ivm.hypervisor.security import dac_label
+from ivm.identity.source import machine_dir, read_machine_id
 from ivm.ops.provision import boot_base, resolve_image, vm_identity
 from ivm.ops.session import VmSession
 
@@ -29,9 +30,13 @@ class DefineResult:
     running: bool
 
 
-def desired_spec(s: VmSession, base_hash: str, generate: bool = False) -> DomainSpec:
-    """The domain for this VM on `base_hash`, keeping the previous base for rollback."""
-    identity = vm_identity(s, generate=generate)
+def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainSpec:
+    """The domain for this VM on `base_hash`, keeping the previous base for rollback. A preview
+    reads only the machine-id (if there is one yet) and generates nothing."""
+    if preview:
+        machine_id = read_machine_id(machine_dir(s.settings.project_root, s.name))
+    else:
+        machine_id = vm_identity(s, generate=False).machine_id
     dom = s.domain()
     current = read_metadata(s.hv.domains.xml(dom)) if dom is not None else None
     previous = None
@@ -41,7 +46,7 @@ def desired_spec(s: VmSession, base_hash: str, generate: bool = False) -> Domain
     return DomainSpec(
         name=s.name,
         machine=s.machine,
-        machine_id=identity.machine_id,
+        machine_id=machine_id,
         pool=s.settings.pool,
         volumes=s.volumes,
         metadata=Metadata(s.name, base_hash, previous, ivm.__version__),
@@ -146,10 +151,18 @@ def define(s: VmSession, base_hash: str | None = None) -> DefineResult:
 
 
 def render_xml(s: VmSession, image: Path | None) -> str:
-    """The XML `define` would use; before `create`, the base comes from the image (and a missing
-    machine-id is generated, as `create` would, since the domain's UUID derives from it)."""
+    """The XML `define` would use, writing nothing. Before `create`, the base comes from the image;
+    without a machine-id yet, the UUID and MAC (derived from it) are left out and a comment says so."""
     base = boot_base(s.hv, s.volumes.boot) or resolve_image(s, image).hash
-    return domain_xml(desired_spec(s, base, generate=True))
+    spec = desired_spec(s, base, preview=True)
+    text = domain_xml(spec)
+    if spec.machine_id is None:
+        note = (
+            f"<!-- preview: machines/{s.name}/machine-id does not exist yet; `ivm create {s.name}` "
+            "generates it, and the domain UUID and MAC address are derived from it -->\n"
+        )
+        text = note + text
+    return text
 
 
 def _check_firmware(s: VmSession, spec: DomainSpec) -> None:

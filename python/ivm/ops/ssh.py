@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.config import Settings
@@ -64,8 +65,21 @@ def ssh_config_path(path: Path) -> str:
     return '"' + text.replace("%", "%%") + '"'
 
 
-def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
-    """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
+@dataclass(frozen=True)
+class Target:
+    """Where ssh goes for one VM: its alias, a validated address and its pinned host key."""
+
+    name: str
+    uri: str
+    alias: str
+    address: str
+    host_public_key: str
+    port: int | None = None  # a user-mode NIC's forward on the hypervisor's loopback
+
+
+def resolve_target(settings: Settings, name: str) -> Target:
+    """The VM's address (an IP of its own NIC, as libvirt or its agent reports it) and its identity
+    host key; a one-line ToolError when it has no network, is not running or has no address."""
     check_vm_name(name)
     machine = settings.machine(name)
     if machine.network.type is NetworkType.NONE:
@@ -89,10 +103,17 @@ def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]
             "it gets one from libvirt's DHCP on a NAT network, or from the QEMU guest agent; "
             "wait for the guest to boot, or check its network",
         )
-    alias = f"ivm-{name}"
+    return Target(
+        name, uri, f"ivm-{name}", found[0], identity.host_public_key, forward.host if forward else None
+    )
+
+
+def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
+    """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
+    target = resolve_target(settings, name)
     with runtime_dir() as directory:  # rewritten each time: the identity's key is the only truth
-        line = known_hosts_line(alias, identity.host_public_key)
-        path = directory.write(file_name(uri, name, ".known_hosts"), line.encode())
-    argv = ssh_argv(alias, found[0], user, path, command, forward.host if forward else None)
+        line = known_hosts_line(target.alias, target.host_public_key)
+        path = directory.write(file_name(target.uri, name, ".known_hosts"), line.encode())
+    argv = ssh_argv(target.alias, target.address, user, path, command, target.port)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv

@@ -36,6 +36,7 @@ class VmStatus:
     var_size_bytes: int | None
     current_base: str | None = None  # what a fresh deployment would use (see current_bases)
     behind: bool | None = None  # runs an older base than current_base; None when unknown
+    reachable: bool = True  # False when its hypervisor could not be reached (state says why)
     ownership: tuple[str, ...] = ()  # read-only disks whose owner or mode drifted (`start` repairs)
 
     def as_json(self) -> dict[str, Any]:
@@ -61,8 +62,22 @@ def status(
                 newest = _newest_in_pool(hv, settings, rows)
                 out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
         except ToolError as e:
-            out += [VmStatus(n, uri, f"unreachable: {e.message}", None, None, {}, None, None) for n in vms]
+            out += [
+                VmStatus(n, uri, f"unreachable: {e.message}", None, None, {}, None, None, reachable=False)
+                for n in vms
+            ]
     return sorted(out, key=lambda v: v.name)
+
+
+def require_reachable(rows: Iterable[VmStatus]) -> None:
+    """After the rows are printed: fail (exit 1) if any hypervisor could not be reached, so a script
+    can trust the exit code."""
+    lost = sorted({r.uri for r in rows if not r.reachable})
+    if lost:
+        raise ToolError(
+            f"could not reach {len(lost)} hypervisor(s): {', '.join(lost)}",
+            "the rows of the others are printed above; start the libvirt daemon there or check the URI",
+        )
 
 
 def current_bases(
