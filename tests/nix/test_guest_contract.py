@@ -1,4 +1,5 @@
-"""The guest contract (read-only `/` and `/etc`, `/var`, `/home`, journal, identity binds), read from evaluated NixOS option values of every machine.
+"""The guest contract (read-only `/` and `/etc`, `/var`, `/home`, journal, identity binds), read
+from evaluated NixOS option values of every machine.
 
 Evaluation proves the configuration says what the design says; the boot tests in checks/ prove the
 guest does it.

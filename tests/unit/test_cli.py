@@ -13,9 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from ivm.cli import cli
-from ivm.domain_xml import Metadata, domain_xml
+from ivm.domain_xml import DomainSpec, Metadata, domain_xml
 from ivm.machines import parse_machines
-from ivm.ops.define import DomainSpec
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, RunCli, machine_entry
 
