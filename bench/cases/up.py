@@ -29,7 +29,7 @@ from bench.stats import Figure, clock
 AUTHORIZED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIg1El8h+IR/7iF8FBigHB867NLB9MuiAxwmrBL1GJmQ bench"
 
 
-def _run(argv: list[str]) -> float:
+def _timed(argv: list[str]) -> float:
     with clock() as c:
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
     if done.returncode != 0:
@@ -39,7 +39,7 @@ def _run(argv: list[str]) -> float:
 
 def virt_install(lab: Lab, name: str, base: Path, work: Path) -> dict[str, float]:
     key = work / "ssh_host_ed25519_key"
-    keygen = _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)])
+    keygen = _timed(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)])
     user_data = work / "user-data"
     user_data.write_text(
         "#cloud-config\n"
@@ -77,7 +77,7 @@ def virt_install(lab: Lab, name: str, base: Path, work: Path) -> dict[str, float
         "--graphics", "none",
         "--wait", "0",  # implies --noautoconsole
     ]  # fmt: skip
-    install = _run(argv)
+    install = _timed(argv)
     return {"ssh-keygen": keygen, "virt-install --import": install, "total": keygen + install}
 
 
@@ -91,8 +91,8 @@ def daemon_floor(lab: Lab, name: str) -> float:
         f.write(xml)
         f.flush()
         with clock() as c:
-            _run(["virsh", "-c", lab.uri, "define", f.name])
-            _run(["virsh", "-c", lab.uri, "start", name])
+            _timed(["virsh", "-c", lab.uri, "define", f.name])
+            _timed(["virsh", "-c", lab.uri, "start", name])
     return c.seconds
 
 
@@ -120,12 +120,12 @@ def boot_pool_exists(lab: Lab) -> bool:
 def run(lab: Lab, runs: int) -> dict[str, Any]:
     boot_pool_existed = boot_pool_exists(lab)
     try:
-        return _run(lab, runs)
+        return _measure(lab, runs)
     finally:
         remove_cloud_init_seeds(lab, boot_pool_existed)
 
 
-def _run(lab: Lab, runs: int) -> dict[str, Any]:
+def _measure(lab: Lab, runs: int) -> dict[str, Any]:
     image = lab.image("A")
     seed = lab.name("useed")
     lab.add_machines([seed])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory, system_uri: str) -> tuple[s
     )
 
 
-def status(fleet: Fleet, name: str) -> dict[str, object]:
+def status(fleet: Fleet, name: str) -> dict[str, Any]:
     rows = json.loads(fleet.ivm("status", name, "--json", "--no-eval").stdout)
     return dict(rows[0])
 

@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +75,16 @@ def remote_fleet(
 
 def _system_has(system_uri: str, pool: str, volume_path: Path, domain: str) -> list[str]:
     """What of ours the system daemon knows about (it should know nothing)."""
-    found = []
+    found: list[str] = []
     conn = libvirt.open(system_uri)
+    lookups: tuple[tuple[str, Callable[[], object]], ...]
     try:
-        for what, lookup in (
+        lookups = (
             (f"pool {pool}", lambda: conn.storagePoolLookupByName(pool)),
             (f"volume {volume_path}", lambda: conn.storageVolLookupByPath(str(volume_path))),
             (f"domain {domain}", lambda: conn.lookupByName(domain)),
-        ):
+        )
+        for what, lookup in lookups:
             try:
                 lookup()
                 found.append(what)

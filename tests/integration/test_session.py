@@ -215,7 +215,15 @@ def test_up_on_qemu_session_as_a_non_root_user(session_user: SessionUser, images
     (work / "machines.json").write_text(json.dumps({"version": 1, "machines": {name: entry}}))
     shutil.copy2(images.a, work / "a.raw")
     _give(work, user)
-    ivm = [user.ivm, "--connect", URI, "--machines", work / "machines.json", "--root", project]
+    ivm: list[str | Path] = [
+        user.ivm,
+        "--connect",
+        URI,
+        "--machines",
+        work / "machines.json",
+        "--root",
+        project,
+    ]
     pool = user.home / ".local" / "share" / "libvirt" / "images" / "ivm"
     reader: subprocess.Popen[str] | None = None
     try:

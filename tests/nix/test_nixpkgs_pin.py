@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.nix.nixeval import DEFAULT_TREE_FILE, REPO, nix_command, nix_eval
+from tests.nix.nixeval import REPO, nix_command, nix_eval
 
 pytestmark = pytest.mark.nix
 
@@ -57,9 +57,7 @@ def test_the_formatter_is_one_nixfmt_everywhere() -> None:
 
 
 def test_without_nixfmt_rs_the_formatter_falls_back_to_nixfmt() -> None:
-    tree = os.environ.get("IVM_NIXPKGS") or (
-        DEFAULT_TREE_FILE.read_text().strip() if DEFAULT_TREE_FILE.exists() else ""
-    )
+    tree = os.environ.get("IVM_NIXPKGS", "")
     if tree in {"", "locked"}:
         pytest.skip("needs a local nixpkgs tree to import (IVM_NIXPKGS=PATH)")
     # A nixpkgs without nixfmt-rs (as 26.05 may be); its nixfmt is a marker, as this tree cannot

@@ -711,11 +711,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return make_images(tmp_path_factory.mktemp("images"))
 
 
-def test_corpus_is_large_and_ids_unique() -> None:
+def test_case_ids_are_unique() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids))
-    assert len(CASES) >= 40
-    assert sum(c.daemon for c in CASES) >= 10
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

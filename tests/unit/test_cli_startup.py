@@ -87,7 +87,9 @@ def test_table_matches_the_commands_defined() -> None:
 
 
 def test_a_named_command_is_found_on_first_use() -> None:
-    assert isinstance(cli.get_command(click.Context(cli), "start"), click.Command)
+    start = cli.get_command(click.Context(cli), "start")
+    assert start is not None and start.name == "start"
+    assert start.callback is not None and start.callback.__module__ == COMMANDS["start"].module
     assert cli.get_command(click.Context(cli), "no-such-command") is None
 
 

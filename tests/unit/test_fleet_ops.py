@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ivm.config import Settings
+from ivm.errors import UsageError
 from ivm.ops.gc import hypervisor_uris
 from ivm.ops.ssh import known_hosts_line, ssh_argv
 from ivm.ops.upgrade import FleetResult, UpgradeResult
+from ivm.storage_xml import volume_xml
 from tests.conftest import Project, RunCli, machine_entry
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIg1El8h+IR/7iF8FBigHB867NLB9MuiAxwmrBL1GJmQ root@web1"
@@ -77,7 +81,7 @@ def test_upgrade_needs_names_or_all(run_cli: RunCli) -> None:
     assert r.exit_code == 2
 
 
-def test_rollback_and_gc_on_test_driver(run_cli: RunCli) -> None:
+def test_rollback_on_test_driver(run_cli: RunCli) -> None:
     r = run_cli("rollback", "web1")
     assert r.exit_code == 1 and "ivm define web1" in r.stderr
     r = run_cli("gc", "--dry-run")
@@ -88,10 +92,29 @@ def test_rollback_and_gc_on_test_driver(run_cli: RunCli) -> None:
     assert one["uri"] == "test:///default" and one["dry_run"] is True and one["deleted"] == []
 
 
+def test_gc_dry_run_names_an_unused_base_and_keeps_it(
+    run_cli: RunCli, test_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IVM_POOL", "default-pool")
+    monkeypatch.setenv("IVM_POOL_PATH", "/default-pool")
+    pool = test_driver.storagePoolLookupByName("default-pool")
+    base = f"base-{secrets.token_hex(16)}.qcow2"
+    volume = pool.createXML(volume_xml(base, 1024 * 1024, "raw"), 0)
+    try:
+        r = run_cli("gc", "--dry-run")
+        assert r.exit_code == 0, r.output
+        assert f"test:///default: would delete {base}" in r.stdout.splitlines()
+        assert r.stdout.splitlines()[-1].endswith("would delete")
+        assert base in pool.listVolumes()  # a dry run deletes nothing
+    finally:
+        volume.delete(0)
+
+
 @pytest.mark.parametrize("env", [{"OVMF_VARS": "/x"}])
 def test_firmware_needs_both_paths(env: dict[str, str]) -> None:
-    with pytest.raises(Exception, match="OVMF_VARS is set without OVMF_CODE"):
+    with pytest.raises(UsageError, match="OVMF_VARS is set without OVMF_CODE") as caught:
         Settings.from_env(env)
+    assert caught.value.hint == "set both, or neither"
 
 
 class _StubbornGuest:

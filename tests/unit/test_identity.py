@@ -137,7 +137,7 @@ def test_private_key_parsing(keypair: Path, tmp_path: Path) -> None:
     raw = bytearray(base64.b64decode("".join(lines[1:-1])))
     raw[-40] ^= 0xFF  # flip a byte of the private part
     forged = "\n".join([lines[0], base64.b64encode(bytes(raw)).decode(), lines[-1]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is corrupt"):
         parse_private_ed25519(forged)
 
 

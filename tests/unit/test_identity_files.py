@@ -15,6 +15,7 @@ import pytest
 
 from ivm.identity import disk
 from ivm.identity.source import generate_missing
+from ivm.run import run
 from tests.conftest import Project, RunCli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_identity_disk_never_reopens_output_by_name(
     # Another user who can write in OUTPUT's folder swaps OUTPUT for a symlink while mkfs runs.
     output = tmp_path / "out" / "identity.img"
     output.parent.mkdir()
-    real_run = disk.run
+    real_run = run  # the function disk calls, before the patch below
 
     def racing_run(argv: list[str], **kwargs: Any) -> str:
         output.unlink(missing_ok=True)

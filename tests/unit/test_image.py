@@ -49,7 +49,12 @@ def test_external_data_file_is_refused_before_qemu_img_opens_it(
     qemu_img("create", "-q", "-f", "qcow2", "-o", options.format(victim=victim), str(image), "16M")
     assert external_reference(head(image)) == "an external data file"
     opened: list[str] = []
-    monkeypatch.setattr("ivm.image.run", lambda argv, **_: opened.append(argv[0]) or "{}")
+
+    def record(argv: list[str], **_: object) -> str:
+        opened.append(argv[0])
+        return "{}"
+
+    monkeypatch.setattr("ivm.image.run", record)
     with pytest.raises(UsageError, match="refers to an external data file"):
         inspect(image)
     assert opened == []  # refused from the header alone: qemu-img never ran

@@ -14,7 +14,7 @@ from ivm.machines import Network, NetworkType
 from ivm.ops.define import differences
 from ivm.ops.plan import Action, Desired, FleetPlan, Observed, Orphan, PlanExit, VmPlan, plan_fleet, plan_vm
 from ivm.volumes import vm_volumes
-from tests.unit.test_domain_xml import machine, spec
+from tests.unit.test_domain_xml import machine, one, spec
 
 OLD, NEW = "a" * 32, "b" * 32
 DIGEST = "d" * 32
@@ -23,11 +23,11 @@ DIGEST = "d" * 32
 def as_libvirt_has_it(xml: str) -> str:
     """The definition as libvirt returns it: machine type expanded, devices and defaults added."""
     root = etree.fromstring(xml.encode())
-    root.find("os/type").set("machine", "pc-q35-9.2")
-    root.find("vcpu").set("placement", "static")
+    one(root, "os/type").set("machine", "pc-q35-9.2")
+    one(root, "vcpu").set("placement", "static")
     root.append(etree.fromstring("<on_poweroff>destroy</on_poweroff>"))
     root.append(etree.fromstring("<seclabel type='dynamic' model='dac' relabel='yes'/>"))
-    devices = root.find("devices")
+    devices = one(root, "devices")
     devices.insert(0, etree.fromstring("<emulator>/usr/bin/qemu-system-x86_64</emulator>"))
     for extra in (
         "<controller type='usb' index='0' model='qemu-xhci'/>",
@@ -39,7 +39,7 @@ def as_libvirt_has_it(xml: str) -> str:
     for disk in devices.iterfind("disk"):
         disk.append(etree.fromstring("<address type='pci' domain='0x0000' bus='0x04' slot='0x00'/>"))
         disk.append(etree.fromstring("<alias name='virtio-disk0'/>"))
-    devices.find("serial/target").set("type", "isa-serial")
+    one(devices, "serial/target").set("type", "isa-serial")
     return etree.tostring(root, encoding="unicode")
 
 
@@ -76,7 +76,7 @@ def test_a_newer_tool_version_alone_is_no_drift() -> None:
 
 def test_a_removed_nic_is_drift_though_everything_wanted_is_there() -> None:
     # covers() alone misses this: the NIC libvirt still has is no longer wanted.
-    no_nic = spec(machine=machine(network=Network(NetworkType.NONE, None)))
+    no_nic = spec(machine=machine(network=Network(NetworkType.NONE)))
     found = differences(domain_element(no_nic), etree.fromstring(as_libvirt_has_it(xml()).encode()))
     assert found == ("interface default not wanted",)
 
@@ -127,7 +127,7 @@ def test_exit_codes_and_json() -> None:
     quiet = plan_fleet([(d, o)], [Orphan("old", "qemu:///system", "old", True)])
     assert quiet.exit_code() is PlanExit.NO_CHANGES and quiet.as_json()["orphans"][0]["name"] == "old"
     busy = plan_fleet([(replace(d, identity_digest="e" * 32), o)], [])
-    assert busy.exit_code() is PlanExit.CHANGES == 3
+    assert busy.exit_code() is PlanExit.CHANGES and busy.exit_code() == 3
     assert busy.as_json()["vms"][0]["actions"] == ["identity"]
     broken = FleetPlan((VmPlan("web2", "qemu:///system", error="cannot connect"),))
     assert broken.exit_code() is PlanExit.FAILED

@@ -13,7 +13,7 @@ import pytest
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.ops import workers
-from ivm.ops.session import Hypervisor, VmSession
+from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
 from ivm.ops.upgrade import FleetResult, Rollout, UpgradeResult
 from tests.conftest import Project, RunCli, machine_entry
 
@@ -30,7 +30,7 @@ def test_each_vm_once_one_connection_per_worker_failures_reported(
     five: Settings, monkeypatch: pytest.MonkeyPatch, test_driver: Any
 ) -> None:
     opened: list[int] = []
-    real = workers.open_hypervisor
+    real = open_hypervisor  # the function workers calls, before the patch below
 
     @contextmanager
     def counting(settings: Settings, uri: str) -> Iterator[Hypervisor]:

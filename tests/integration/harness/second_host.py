@@ -110,10 +110,10 @@ def _copy_config(dest: Path) -> None:
     for name in ("libvirtd.conf", "virtqemud.conf", "virtstoraged.conf", "virtlogd.conf"):
         conf = dest / name
         if conf.exists():
-            with conf.open("a") as f:
+            with conf.open("a") as out:
                 # Warnings to stderr, which goes to the host's log file (the system daemon's own
                 # log settings may name a file or journald).
-                f.write('\n# ivm test second host\nlog_outputs = "3:stderr"\n')
+                out.write('\n# ivm test second host\nlog_outputs = "3:stderr"\n')
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
@@ -330,9 +330,9 @@ def _init(root: Path, daemons: list[str]) -> int:
         if pid == 0:
             time.sleep(0.1)
             continue
-        name = running.pop(pid, None)
-        if name is not None and not stopping:
-            print(f"second host: {name} exited ({wait_status:#x}); stopping", flush=True)
+        exited = running.pop(pid, None)
+        if exited is not None and not stopping:
+            print(f"second host: {exited} exited ({wait_status:#x}); stopping", flush=True)
             stopping, status = True, 1
     return status
 
