@@ -174,27 +174,37 @@ def require(dom: Any, name: str) -> Any:
 PENDING_NS = "urn:x-ivm:pending:1"
 
 
-def set_restart_pending(dom: Any, pending: bool) -> None:
-    """Remember in the persistent definition that an upgrade stopped this VM and owes it a start,
-    so a re-run after a crash still starts it."""
-    with libvirt_errors(f"recording the upgrade of {dom.name()}"):
+def _set_marker(dom: Any, namespace: str, element: str, prefix: str, on: bool, what: str) -> None:
+    """Set or clear an empty element in the persistent definition's metadata: it outlives a
+    crashed ivm run, so the next run knows what is still owed."""
+    with libvirt_errors(f"recording {what} of {dom.name()}"):
         dom.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-            "<restart/>" if pending else None,
-            "ivmp" if pending else None,
-            PENDING_NS,
+            f"<{element}/>" if on else None,
+            prefix if on else None,
+            namespace,
             libvirt.VIR_DOMAIN_AFFECT_CONFIG,
         )
 
 
-def restart_pending(dom: Any) -> bool:
+def _has_marker(dom: Any, namespace: str) -> bool:
     try:
-        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, PENDING_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
             return False
         raise translate(e, f"reading {dom.name()}'s metadata") from None
     return True
+
+
+def set_restart_pending(dom: Any, pending: bool) -> None:
+    """Remember that an upgrade stopped this VM and owes it a start, so a re-run after a crash
+    still starts it."""
+    _set_marker(dom, PENDING_NS, "restart", "ivmp", pending, "the upgrade")
+
+
+def restart_pending(dom: Any) -> bool:
+    return _has_marker(dom, PENDING_NS)
 
 
 def addresses(dom: Any) -> list[str]:
@@ -264,21 +274,8 @@ HEALTH_NS = "urn:x-ivm:health:1"
 def set_health_pending(dom: Any, pending: bool) -> None:
     """Remember that an upgrade restarted this VM on a new base and has not yet seen it healthy, so
     a re-run after a crash still judges it (and rolls it back if need be)."""
-    with libvirt_errors(f"recording the health check of {dom.name()}"):
-        dom.setMetadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-            "<health/>" if pending else None,
-            "ivmh" if pending else None,
-            HEALTH_NS,
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
-        )
+    _set_marker(dom, HEALTH_NS, "health", "ivmh", pending, "the health check")
 
 
 def health_pending(dom: Any) -> bool:
-    try:
-        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HEALTH_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-    except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-            return False
-        raise translate(e, f"reading {dom.name()}'s metadata") from None
-    return True
+    return _has_marker(dom, HEALTH_NS)
