@@ -91,7 +91,10 @@ def test_stop_times_out_then_forces(fleet: Fleet, images: Images) -> None:
     fleet.ivm("start", name)
     # the firmware ignores the ACPI button: a graceful stop cannot finish in 1 s
     r = fleet.ivm("stop", name, "--timeout", "1", check=False)
-    assert r.returncode == 1 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # One line says what it waits for and how long, then the one-line error with the way out.
+    waiting, error = r.stderr.strip().splitlines()
+    assert waiting == f"ivm: waiting up to 1 s for {name} to shut down (ACPI power button)"
+    assert r.returncode == 1 and error.startswith("ivm: error: ") and "--force" in error
     destroy = fleet.ivm("destroy", name, check=False)
     assert destroy.returncode == 1 and "is running" in destroy.stderr
     assert "powered off (forced)" in fleet.ivm("stop", name, "--force", "--timeout", "1").stdout
