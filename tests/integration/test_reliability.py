@@ -650,6 +650,7 @@ def base_of(fleet: Fleet, tmp: Path, name: str) -> str | None:
     return base
 
 
+@pytest.mark.timeout(2400)  # twelve kills, each re-run with a guest boot: minutes on a busy machine
 def test_upgrade_killed_at_each_step_then_rerun(fleet: Fleet, images: Images, tmp_path: Path) -> None:
     """A VM with data, moved between two bases; each upgrade is killed at one point and re-run:
     the re-run finishes it, the guest boots the new base, and its /var counter goes on."""
