@@ -69,6 +69,7 @@ class DomainSpec:
     firmware: Firmware = Firmware()
     uuid: str | None = None  # None: derived from the machine-id
     dac: DacLabel | None = None  # None: the daemon's QEMU user (a MAC driver isolates VMs, or session)
+    boot_seclabel: bool = True  # keep the boot chain's owner (relabel='no'); False where no DAC driver
 
 
 def domain_uuid(machine_id: str) -> str:
@@ -215,7 +216,9 @@ def _disk(
 def _devices(spec: DomainSpec) -> list[etree._Element]:
     v = spec.volumes
     devices = [
-        _disk(v.boot, spec.pool, "qcow2", "vda", E.readonly(), E.boot(order="1"), relabel=False),
+        _disk(
+            v.boot, spec.pool, "qcow2", "vda", E.readonly(), E.boot(order="1"), relabel=not spec.boot_seclabel
+        ),
         _disk(v.var, spec.pool, "qcow2", "vdb", E.serial("var")),
         _disk(v.identity, spec.pool, "raw", "vdc", E.serial("identity"), E.readonly()),
     ]

@@ -19,7 +19,9 @@ def machine_names(ctx: click.Context, _param: click.Parameter, incomplete: str) 
     (no project, a broken machines.json) completes nothing."""
     root = ctx.find_root().params
     try:
-        names = _names(root.get("machines_file"), root.get("root"))
+        # The group keeps these as text (no pathlib at start-up).
+        machines_file, project = root.get("machines_file"), root.get("root")
+        names = _names(Path(machines_file) if machines_file else None, Path(project) if project else None)
     except (OSError, ToolError, ValueError):
         return []
     return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]

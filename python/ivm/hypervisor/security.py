@@ -65,6 +65,14 @@ def choose_uid(name: str, current: int | None, taken: set[int]) -> int:
     raise RuntimeError("every uid of the range is taken")  # 16 million domains: not reachable
 
 
+def has_dac(conn: Any) -> bool:
+    """The daemon runs libvirt's DAC security driver, so a per-disk DAC seclabel is understood
+    (system daemons; a session daemon runs QEMU as the user and has none, and refuses one)."""
+    with libvirt_errors("reading the hypervisor's capabilities"):
+        caps = str(conn.getCapabilities())
+    return "dac" in {m.text for m in etree.fromstring(caps.encode()).iterfind("host/secmodel/model")}
+
+
 def dac_label(conn: Any, uri: str, name: str, virt_type: str) -> DacLabel | None:
     """The static DAC label domain `name` should have on this connection, or None where the
     daemon's own QEMU user is safe (a MAC driver, or a session daemon)."""

@@ -14,7 +14,7 @@ from ivm.errors import ToolError
 from ivm.host import virt_type
 from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
-from ivm.hypervisor.security import dac_label
+from ivm.hypervisor.security import dac_label, has_dac
 from ivm.identity.source import machine_dir, read_machine_id
 from ivm.ops.provision import boot_base, resolve_image, vm_identity
 from ivm.ops.session import VmSession
@@ -53,6 +53,7 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
         virt_type=virt,
         firmware=s.settings.firmware,
         dac=dac_label(s.hv.conn, s.hv.uri, s.name, virt),
+        boot_seclabel=has_dac(s.hv.conn),
     )
 
 
