@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,3 +19,19 @@ def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setattr("ivm.runtime_dir.TMP_ROOT", base / "tmp")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(base / "xdg"))
     return base
+
+
+@pytest.fixture
+def raw_image(tmp_path: Path) -> Path:
+    """An 8 MiB raw disk with a GPT: the smallest image `--image` accepts."""
+    img = tmp_path / "disk.raw"
+    with img.open("wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    subprocess.run(
+        ["sfdisk", "-q", str(img)],
+        input=b"label: gpt\n,,U\n",
+        check=True,
+        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
+        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
+    )
+    return img

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +26,6 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("ivm: error: ") and "Traceback" not in stderr
     return lines[0]
-
-
-@pytest.fixture
-def raw_image(tmp_path: Path) -> Path:
-    img = tmp_path / "disk.raw"
-    with img.open("wb") as f:
-        f.truncate(8 * 1024 * 1024)
-    subprocess.run(
-        ["sfdisk", "-q", str(img)],
-        input=b"label: gpt\n,,U\n",
-        check=True,
-        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
-        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
-    )
-    return img
 
 
 def test_top_level_help_lists_every_command(run_cli: RunCli) -> None:

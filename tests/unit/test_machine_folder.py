@@ -3,8 +3,6 @@ host key and machine-id: every command that reads a machine folder refuses it, b
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +13,6 @@ from ivm.image import BaseImage
 from tests.conftest import Project, RunCli
 
 REFUSED = "machines/web1 is not a directory but a symbolic link"
-
-
-@pytest.fixture
-def raw_image(tmp_path: Path) -> Path:
-    img = tmp_path / "disk.raw"
-    with img.open("wb") as f:
-        f.truncate(8 * 1024 * 1024)
-    subprocess.run(
-        ["sfdisk", "-q", str(img)],
-        input=b"label: gpt\n,,U\n",
-        check=True,
-        # Debian keeps sfdisk in /usr/sbin, off a user's PATH; the Nix build has it on PATH only.
-        env={"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])},
-    )
-    return img
 
 
 @pytest.fixture
