@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness.daemon import virt_type
+from tests.lab.daemon import virt_type
 
 
 def _out(*argv: str) -> str:

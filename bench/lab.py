@@ -20,9 +20,9 @@ from types import TracebackType
 from typing import Any
 
 import libvirt
-from tests.integration.harness.daemon import ensure_libvirt
-from tests.integration.harness.pool import scratch_pool_dir
-from tests.integration.standin.image import build_standin_image
+from tests.lab.daemon import ensure_libvirt
+from tests.lab.pool import scratch_pool_dir
+from tests.lab.standin.image import build_standin_image
 
 from bench.stats import clock
 from ivm.runtime_dir import candidates, file_name

@@ -18,7 +18,7 @@ TOOLS = {
     "mkfs.ext4": "e2fsprogs",
     "ssh-keygen": "openssh-client",
     "lscpu": "util-linux",
-    # the stand-in guest image (tests/integration/standin)
+    # the stand-in guest image (tests/lab/standin)
     "busybox": "busybox-static",
     "mkfs.vfat": "dosfstools",
     "sfdisk": "fdisk",

@@ -73,7 +73,7 @@ def project(tmp_path: Path) -> Project:
 def system_uri() -> str:
     """A real libvirt daemon at qemu:///system, started if none answers (as root). Under CI a
     daemon that cannot be had fails the run; elsewhere the tests that need it are skipped."""
-    from tests.integration.harness.daemon import DaemonError, ensure_libvirt
+    from tests.lab.daemon import DaemonError, ensure_libvirt
 
     try:
         return ensure_libvirt()

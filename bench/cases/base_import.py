@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from tests.integration.harness.second_host import SecondHostError, second_host
+from tests.lab.second_host import SecondHostError, second_host
 
 from bench.lab import BenchError, Lab
 from bench.stats import Figure, clock

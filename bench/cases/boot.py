@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lxml import etree
-from tests.integration.harness.console import ConsoleCapture
-from tests.integration.harness.daemon import virt_type
+from tests.lab.console import ConsoleCapture
+from tests.lab.daemon import virt_type
 
 from bench.lab import BenchError, Lab
 from bench.stats import Figure

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness.daemon import virt_type
+from tests.lab.daemon import virt_type
 
 from bench.lab import BenchError, Lab
 from bench.stats import Figure, clock

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.standin.image import build_standin_image
+from tests.lab.standin.image import build_standin_image
 
 from bench.lab import BenchError, Lab
 from bench.stats import Figure

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from tests.integration.harness.daemon import virt_type
+from tests.lab.daemon import virt_type
 
 from bench.cases.profile import profile_command
 from bench.lab import BenchError, Lab

@@ -18,10 +18,10 @@ import libvirt
 import pytest
 
 from tests.conftest import machine_entry
-from tests.integration.harness.console import ConsoleCapture
-from tests.integration.harness.pool import scratch_pool_dir
-from tests.integration.harness.report import Report
-from tests.integration.standin.image import build_standin_image
+from tests.lab.console import ConsoleCapture
+from tests.lab.pool import scratch_pool_dir
+from tests.lab.report import Report
+from tests.lab.standin.image import build_standin_image
 
 BOOT_TIMEOUT = 180.0  # a TCG boot takes ~10 s; leave room for a loaded CI machine
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet, vm_name
-from tests.integration.standin.image import build_standin_image
+from tests.lab.standin.image import build_standin_image
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet, Images, vm_name
-from tests.integration.harness.daemon import ensure_libvirt
+from tests.lab.daemon import ensure_libvirt
 
 DAEMONS = ("libvirtd", "virtqemud", "virtstoraged")
 

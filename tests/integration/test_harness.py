@@ -15,11 +15,11 @@ from typing import Any
 import libvirt
 import pytest
 
-from .harness.console import ConsoleCapture
-from .harness.daemon import virt_type
-from .harness.pool import scratch_pool_dir
-from .harness.report import Report, parse_report
-from .standin import build_standin_image
+from tests.lab.console import ConsoleCapture
+from tests.lab.daemon import virt_type
+from tests.lab.pool import scratch_pool_dir
+from tests.lab.report import Report, parse_report
+from tests.lab.standin import build_standin_image
 
 pytestmark = pytest.mark.integration
 

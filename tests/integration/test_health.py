@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Fleet, vm_name
-from tests.integration.standin.image import build_standin_image
 from tests.integration.test_apply import qemu_pid
+from tests.lab.standin.image import build_standin_image
 
 
 @pytest.fixture(scope="module")

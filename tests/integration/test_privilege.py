@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet, teardown_fleet
-from tests.integration.harness.pool import scratch_pool_dir
+from tests.lab.pool import scratch_pool_dir
 from tests.unit.test_privilege import FAKE_NIX, throwaway_user
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from tests.integration.conftest import Fleet, Images, teardown_fleet, vm_name
-from tests.integration.harness.second_host import SecondHost, SecondHostError, second_host
+from tests.lab.second_host import SecondHost, SecondHostError, second_host
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from tests.conftest import Project, machine_entry
-from tests.integration.harness.pool import scratch_pool_dir
+from tests.lab.pool import scratch_pool_dir
 from tests.unit.test_secrets import key_secrets, leaks
 
 

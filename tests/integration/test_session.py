@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import machine_entry
 from tests.integration.conftest import BOOT_TIMEOUT, Images, vm_name
-from tests.integration.harness.report import parse_report
+from tests.lab.report import parse_report
 
 pytestmark = pytest.mark.integration
 

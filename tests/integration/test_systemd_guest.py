@@ -1,6 +1,6 @@
 """The guest's own boot logic under real systemd, on the real daemon, reached with `ivm ssh`.
 
-The systemd stand-in (tests/integration/standin_systemd) boots the ivm guest's initrd units, fstab
+The systemd stand-in (tests/lab/standin_systemd) boots the ivm guest's initrd units, fstab
 and identity import as NixOS evaluates them, with Debian's systemd, kernel and sshd. One VM, made by
 `ivm create/define/start`, serves every claim; it boots twice (first boot, then `ivm upgrade`).
 Its NIC is QEMU's user-mode one with restrict=on: the guest has no route out, and SSH reaches it
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet, teardown_fleet, vm_name
-from tests.integration.harness.pool import scratch_pool_dir
-from tests.integration.standin.kernel import StandinError
-from tests.integration.standin_systemd import build_systemd_standin
+from tests.lab.pool import scratch_pool_dir
+from tests.lab.standin.kernel import StandinError
+from tests.lab.standin_systemd import build_systemd_standin
 
 # Setup boots the guest under TCG (minutes on a loaded 2-core machine), inside the first test's time.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from tests.integration.conftest import Fleet, Images, vm_name
-from tests.integration.standin.image import build_standin_image
+from tests.lab.standin.image import build_standin_image
 
 
 def created(fleet: Fleet, image: Path, **overrides: object) -> str:
@@ -62,7 +62,7 @@ def test_upgrade_of_a_running_vm_restarts_it(fleet: Fleet, images: Images) -> No
     )
     match = re.search(r"restarted after ([0-9.]+) s down", r.stdout)
     assert match, r.stdout
-    from tests.integration.harness.console import ConsoleCapture
+    from tests.lab.console import ConsoleCapture
 
     with ConsoleCapture(fleet.uri, name) as console:
         report = console.wait_done(180)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.standin_systemd.golden import FILES, GOLDEN, evaluate, render
+from tests.lab.standin_systemd.golden import FILES, GOLDEN, evaluate, render
 
 pytestmark = pytest.mark.nix
 
@@ -14,5 +14,5 @@ def test_standin_golden_files_match_the_evaluation() -> None:
     stale = [name for name in FILES if (GOLDEN / name).read_text() != expected[name]]
     assert not stale, (
         f"tests/golden/standin-systemd/{{{','.join(stale)}}} differ from the evaluated guest: "
-        "run python -m tests.integration.standin_systemd.golden and review the diff"
+        "run python -m tests.lab.standin_systemd.golden and review the diff"
     )

@@ -1,5 +1,5 @@
 """The host's side of the shared case tables (tests/cases): identity rules, machines.json entries and
-VM names judged as each case says. The guest's side is in tests/nix/test_identity_import.py, the
+VM names judged as each case says. The guest's side is in tests/guest/test_identity_import.py, the
 Nix side in tests/nix/test_rule_cases.py.
 """
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.integration.standin.kernel import StandinError, cache_dir, run
+from tests.lab.standin.kernel import StandinError, cache_dir, run
 
 from .golden import GuestGolden
 from .mapping import BASE_HOSTS, root_store_files

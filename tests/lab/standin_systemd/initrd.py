@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.integration.standin.kernel import Kernel, StandinError, run
+from tests.lab.standin.kernel import Kernel, StandinError, run
 
 from .golden import GuestGolden
 from .mapping import initrd_files, install_links, read_import_script

@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.integration.standin.image import ESP_TYPE, MIB, SYSTEMD_BOOT, _esp, _tool
-from tests.integration.standin.kernel import Kernel, StandinError, cache_dir, fetch_kernel, run
+from tests.lab.standin.image import ESP_TYPE, MIB, SYSTEMD_BOOT, _esp, _tool
+from tests.lab.standin.kernel import Kernel, StandinError, cache_dir, fetch_kernel, run
 
 from . import golden as golden_files
 from .golden import GuestGolden

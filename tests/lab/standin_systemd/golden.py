@@ -4,7 +4,7 @@ Most texts are the guest's own golden files (scripts/update-guest-golden writes 
 tests/nix/test_guest_golden.py checks them). What only the stand-in needs besides them (the
 initrd's /run bind unit, the default resolv.conf, the kernel command line, the initrd manager's
 environment, where NixOS links the units) is in tests/golden/standin-systemd/, written by
-`python -m tests.integration.standin_systemd.golden` and checked by tests/nix/test_standin_golden.py.
+`python -m tests.lab.standin_systemd.golden` and checked by tests/nix/test_standin_golden.py.
 Store hashes are zeroed in both, so the stand-in puts its files at the zeroed paths.
 """
 

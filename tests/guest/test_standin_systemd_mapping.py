@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.standin_systemd.golden import load
-from tests.integration.standin_systemd.mapping import (
+from tests.lab.standin_systemd.golden import load
+from tests.lab.standin_systemd.mapping import (
     MAPPINGS,
     importer_path,
     initrd_files,

@@ -133,7 +133,7 @@ def second_host(base: Path | None = None, timeout: float = 60.0) -> Iterator[Sec
     unshare = _find("unshare")
     if unshare is None or _find("mount") is None:
         raise SecondHostError("unshare or mount not found: install util-linux and mount")
-    from tests.integration.harness.daemon import grant_kvm_to_qemu
+    from tests.lab.daemon import grant_kvm_to_qemu
 
     grant_kvm_to_qemu()
     daemons = daemon_set()
