@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,27 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ivm.cli import cli
+
+# Tests marked host_changes (system users, device modes, the system daemon) run only where this is 1.
+HOST_CHANGES_ENV = "IVM_TEST_HOST_CHANGES"
+
+
+def host_changes_allowed() -> bool:
+    return os.environ.get(HOST_CHANGES_ENV) == "1"
+
+
+def require_host_changes(what: str) -> None:
+    """Skip unless host changes are allowed; called by every fixture that changes the host, so a
+    test that forgot its `host_changes` marker still changes nothing."""
+    if not host_changes_allowed():
+        pytest.skip(f"changes the host ({what}): set {HOST_CHANGES_ENV}=1 to run it (.ci/run does)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("host_changes")
+    if marker is not None:
+        require_host_changes(str(marker.kwargs.get("what", "see the test's docstring")))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,17 +92,20 @@ def project(tmp_path: Path) -> Project:
 
 
 @pytest.fixture(scope="session")
-def system_uri() -> str:
+def system_uri() -> Iterator[str]:
     """A real libvirt daemon at qemu:///system, started if none answers (as root). Under CI a
-    daemon that cannot be had fails the run; elsewhere the tests that need it are skipped."""
-    from tests.lab.daemon import DaemonError, ensure_libvirt
+    daemon that cannot be had fails the run; elsewhere the tests that need it are skipped. Where
+    host changes are allowed, /dev/kvm gets the mode udev would give it for the session."""
+    from tests.lab.daemon import DaemonError, ensure_libvirt, kvm_for_qemu
 
-    try:
-        return ensure_libvirt()
-    except DaemonError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a libvirt daemon: {e}")
-        pytest.skip(f"no libvirt daemon: {e}")
+    with kvm_for_qemu() if host_changes_allowed() else nullcontext():
+        try:
+            uri = ensure_libvirt()
+        except DaemonError as e:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI needs a libvirt daemon: {e}")
+            pytest.skip(f"no libvirt daemon: {e}")
+        yield uri
 
 
 RunCli = Callable[..., Result]

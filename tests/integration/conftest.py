@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -17,10 +18,13 @@ from typing import Any
 import libvirt
 import pytest
 
+from ivm.image import content_hash
+from ivm.volumes import base_volume
 from tests.conftest import machine_entry
 from tests.lab.console import ConsoleCapture
 from tests.lab.pool import scratch_pool_dir
 from tests.lab.report import Report
+from tests.lab.runtime_files import remove_runtime_files
 from tests.lab.standin.image import build_standin_image
 
 BOOT_TIMEOUT = 180.0  # a TCG boot takes ~10 s; leave room for a loaded CI machine
@@ -54,6 +58,7 @@ class Fleet:
     pool: str
     pool_path: Path
     names: list[str] = field(default_factory=list)
+    images: set[Path] = field(default_factory=set)  # every --image given: their bases' locks go too
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IVM_", "OVMF_"))}
@@ -79,6 +84,7 @@ class Fleet:
 
     def argv(self, *args: str) -> list[str]:
         """The real CLI as a user runs it, on this fleet's machines and project."""
+        self.images.update(Path(v) for k, v in itertools.pairwise(args) if k == "--image")
         return [
             sys.executable,
             "-m",
@@ -138,7 +144,20 @@ class Fleet:
 
 
 def teardown_fleet(fleet: Fleet) -> None:
-    """Remove the fleet's domains (with their UEFI variables), volumes and pool."""
+    """Remove the fleet's domains (with their UEFI variables), volumes and pool, then the lock files
+    and pinned host keys ivm kept for them in its runtime directory."""
+    volumes = fleet.volumes()
+    try:
+        _remove_domains_and_pool(fleet)
+    finally:
+        locks = [*fleet.names, f"_pool-{fleet.pool}", *(f"_{v}" for v in volumes)]
+        locks += [f"_{base_volume(content_hash(i))}" for i in fleet.images if i.is_file()]
+        doc = json.loads(fleet.machines_file.read_text()) if fleet.machines_file.is_file() else {}
+        uris = {fleet.uri, *(m.get("libvirt_uri") for m in doc.get("machines", {}).values())} - {None}
+        remove_runtime_files((u for u in uris if u), locks)
+
+
+def _remove_domains_and_pool(fleet: Fleet) -> None:
     conn = fleet.conn()
     try:
         for name in fleet.names:

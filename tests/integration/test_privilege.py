@@ -20,9 +20,9 @@ import pytest
 
 from tests.integration.conftest import Fleet, teardown_fleet
 from tests.lab.pool import scratch_pool_dir
-from tests.unit.test_privilege import FAKE_NIX, throwaway_user
+from tests.unit.test_privilege import FAKE_NIX, MAKES_A_USER, throwaway_user
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, MAKES_A_USER]
 
 
 @pytest.fixture

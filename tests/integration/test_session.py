@@ -25,14 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import machine_entry
+from tests.conftest import machine_entry, require_host_changes
 from tests.integration.conftest import BOOT_TIMEOUT, Images, vm_name
 from tests.lab.report import parse_report
 
-pytestmark = pytest.mark.integration
-
 USER = "ivm-session-test"
 COMMENT = "ivm integration tests, qemu session"  # no colon: it is a passwd field
+USER_CHANGE = f"the system user {USER}, removed afterwards with its home"
+
+pytestmark = [pytest.mark.integration, pytest.mark.host_changes(what=USER_CHANGE)]
 URI = "qemu:///session"
 REPO = Path(__file__).resolve().parents[2]
 _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -152,6 +153,7 @@ def _install_venv(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def session_user() -> Iterator[SessionUser]:
+    require_host_changes(USER_CHANGE)
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("the qemu:///session test needs root (to make a throwaway user)")
@@ -184,6 +186,8 @@ def session_user() -> Iterator[SessionUser]:
             SessionUser(USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), Path()).kill_processes()
         finally:
             shutil.rmtree(venv_dir, ignore_errors=True)
+            # ivm's runtime directory as that user (no XDG_RUNTIME_DIR here): its locks and known_hosts
+            shutil.rmtree(f"/tmp/ivm-{entry.pw_uid}", ignore_errors=True)
             if ours:
                 subprocess.run(
                     [_tool("userdel"), "--remove", USER], capture_output=True, timeout=60, check=False

@@ -5,8 +5,11 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import stat
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SYSTEM_URI = "qemu:///system"
@@ -48,8 +51,10 @@ def _daemons() -> list[str]:
     return [f for f in found if f is not None]
 
 
-def grant_kvm_to_qemu() -> None:
-    """Give /dev/kvm the group and mode udev would (kvm, 0660) where no udev ran.
+@contextmanager
+def kvm_for_qemu() -> Iterator[None]:
+    """Give /dev/kvm the group and mode udev would (kvm, 0660) where no udev ran, and put back the
+    owner group and mode it had on exit. A change to the host: only where the caller opted in.
 
     With /dev/kvm 0600 root, libvirt probes QEMU with KVM, then finds KVM unusable for the
     libvirt-qemu user and calls that probe outdated ("KVM was enabled when probing ... but it is
@@ -60,15 +65,23 @@ def grant_kvm_to_qemu() -> None:
     try:
         group = grp.getgrnam("kvm").gr_gid
     except KeyError:
+        yield
         return
-    if os.geteuid() == 0 and kvm.exists() and kvm.stat().st_gid == 0 and kvm.stat().st_mode & 0o060 == 0:
-        os.chown(kvm, -1, group)
-        kvm.chmod(0o660)
+    before = kvm.stat() if kvm.exists() else None
+    if os.geteuid() != 0 or before is None or before.st_gid != 0 or before.st_mode & 0o060:
+        yield
+        return
+    os.chown(kvm, -1, group)
+    kvm.chmod(0o660)
+    try:
+        yield
+    finally:
+        os.chown(kvm, -1, before.st_gid)
+        kvm.chmod(stat.S_IMODE(before.st_mode))
 
 
 def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     """Return `uri` once a daemon answers there, starting one (as root, for qemu:///system) if needed."""
-    grant_kvm_to_qemu()
     if _answers(uri):
         return uri
     if uri != SYSTEM_URI:

@@ -133,9 +133,6 @@ def second_host(base: Path | None = None, timeout: float = 60.0) -> Iterator[Sec
     unshare = _find("unshare")
     if unshare is None or _find("mount") is None:
         raise SecondHostError("unshare or mount not found: install util-linux and mount")
-    from tests.lab.daemon import grant_kvm_to_qemu
-
-    grant_kvm_to_qemu()
     daemons = daemon_set()
     parent = base or Path(os.environ.get("IVM_TEST_SECOND_HOST_BASE", "/var/tmp"))
     root = Path(tempfile.mkdtemp(prefix="ivm-host2-", dir=parent))

@@ -19,7 +19,7 @@ from ivm.errors import ToolError
 from ivm.lock import holder_of, resource_lock
 from ivm.runtime_dir import file_name, uri_tag
 from tests.conftest import RunCli
-from tests.unit.test_privilege import throwaway_user
+from tests.unit.test_privilege import MAKES_A_USER, throwaway_user
 
 URI = "qemu:///system"
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
@@ -184,6 +184,7 @@ def system_python() -> str:
     pytest.skip("no system python")
 
 
+@MAKES_A_USER
 def test_a_homeless_build_user_falls_back_to_a_private_tmp_dir(homeless_user: tuple[int, int]) -> None:
     # The Nix build sandbox: HOME does not exist, no XDG_RUNTIME_DIR, not root.
     uid, gid = homeless_user
@@ -196,6 +197,7 @@ def test_a_homeless_build_user_falls_back_to_a_private_tmp_dir(homeless_user: tu
     assert (info.st_uid, info.st_mode & 0o777) == (uid, 0o700)
 
 
+@MAKES_A_USER
 def test_a_tmp_dir_planted_by_another_user_is_refused(homeless_user: tuple[int, int]) -> None:
     uid, gid = homeless_user
     planted = Path(f"/tmp/ivm-{uid}")

@@ -23,8 +23,11 @@ import pytest
 
 from ivm.privilege import Account, check_uri_for_user, hand_over, make_dirs, owner_account
 from ivm.run import run
-from tests.conftest import RunCli, machine_entry
+from tests.conftest import RunCli, machine_entry, require_host_changes
 from tests.unit.test_cli import one_error_line
+
+USER_CHANGE = "a throwaway system user and group, removed afterwards"
+MAKES_A_USER = pytest.mark.host_changes(what=USER_CHANGE)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -106,6 +109,7 @@ class Lab:
 @contextmanager
 def throwaway_user() -> Iterator[pwd.struct_passwd]:
     """A new unprivileged user (and its group), removed afterwards; skips where that is impossible."""
+    require_host_changes(USER_CHANGE)
     if os.geteuid() != 0 or shutil.which("useradd") is None:
         pytest.skip("needs root and useradd (a throwaway user owns the project)")
     name = f"ivmt{secrets.token_hex(4)}"
@@ -169,6 +173,7 @@ def lab(owner: pwd.struct_passwd) -> Iterator[Lab]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+@MAKES_A_USER
 def test_the_fake_nix_fails_like_nix_as_root_on_the_owners_tree(lab: Lab) -> None:
     r = subprocess.run(
         ["nix", "build", "--no-link", "--print-out-paths", f"{lab.project}#image-web1"],
@@ -189,6 +194,7 @@ def test_the_fake_nix_fails_like_nix_as_root_on_the_owners_tree(lab: Lab) -> Non
     ],
     ids=["plain-root", "sudo", "root-xdg"],
 )
+@MAKES_A_USER
 def test_nix_runs_as_the_projects_owner(lab: Lab, how: dict[str, str]) -> None:
     r = lab.ivm("build", "web1", env=how)
     assert r.returncode == 0, r.stderr
@@ -198,6 +204,7 @@ def test_nix_runs_as_the_projects_owner(lab: Lab, how: dict[str, str]) -> None:
     assert args == f"build --no-link --print-out-paths {lab.project}#image-web1"
 
 
+@MAKES_A_USER
 def test_drift_evaluation_runs_as_the_owner(lab: Lab) -> None:
     r = lab.ivm("--connect", "test:///default", "status", "--json")
     assert r.returncode in (0, 1), r.stderr
@@ -206,6 +213,7 @@ def test_drift_evaluation_runs_as_the_owner(lab: Lab) -> None:
     assert {int(c[0]) for c in lab.nix_calls()} == {lab.owner.pw_uid}
 
 
+@MAKES_A_USER
 def test_generated_identity_belongs_to_the_owner(lab: Lab) -> None:
     # create generates the identity first; the test driver then stops it at the base upload
     r = lab.ivm("--connect", "test:///default", "create", "web1")
@@ -228,6 +236,7 @@ def test_generated_identity_belongs_to_the_owner(lab: Lab) -> None:
     assert [p for p in lab.project.rglob("*") if p.lstat().st_uid == 0] == []
 
 
+@MAKES_A_USER
 def test_an_owner_without_an_account_is_refused_in_one_line(lab: Lab) -> None:
     stranger = 3_000_000_000 + secrets.randbelow(1_000_000)
     os.chown(lab.project, stranger, stranger)
@@ -239,6 +248,7 @@ def test_an_owner_without_an_account_is_refused_in_one_line(lab: Lab) -> None:
     assert lab.nix_calls() == []
 
 
+@MAKES_A_USER
 def test_as_the_owner_nothing_changes(lab: Lab) -> None:
     """The recommended set-up: ivm run by the project's owner."""
     r = lab.as_owner(
@@ -252,6 +262,7 @@ def test_as_the_owner_nothing_changes(lab: Lab) -> None:
 @pytest.mark.parametrize(
     "recipe", [["build", "web1"], ["up", "web1"], ["build-libvirt-xml"], ["image-info", "web1"]]
 )
+@MAKES_A_USER
 def test_just_as_root_in_the_owners_tree_says_how_to_run_it(lab: Lab, recipe: list[str]) -> None:
     just = BIN / "just"
     if not just.is_file():
@@ -265,6 +276,7 @@ def test_just_as_root_in_the_owners_tree_says_how_to_run_it(lab: Lab, recipe: li
     assert lab.nix_calls() == []
 
 
+@MAKES_A_USER
 def test_just_as_the_owner_builds_and_writes_as_the_owner(lab: Lab) -> None:
     """`just build-libvirt-xml` with the default SUDO= runs Nix, the tool and the redirect as the
     owner: the XML lands in libvirt/, and printing it generates no identity files."""
@@ -292,6 +304,7 @@ def test_as_non_root_nothing_is_handed_over(tmp_path: Path) -> None:
     assert target.is_dir() and f.stat().st_uid == os.geteuid()
 
 
+@MAKES_A_USER
 def test_nix_missing_from_roots_path_is_found_in_the_owners_profile(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
