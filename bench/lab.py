@@ -1,7 +1,7 @@
 """The bench's scratch world: its own pool, project folder and VMs on the real libvirt daemon, driven
 through the real `ivm` CLI in subprocesses (as a user runs it), and removed afterwards, even on failure.
 
-Built on the integration harness: the daemon starter, scratch pool directories QEMU can reach, and the
+Built on the test lab (tests/lab): the daemon starter, scratch pool directories QEMU can reach, and the
 stand-in guest image (a UEFI disk that prints `IVM-REPORT ...` lines on its console and powers off).
 """
 
