@@ -22,6 +22,7 @@ from ivm.image import content_hash
 from ivm.volumes import base_volume
 from tests.conftest import machine_entry
 from tests.lab.console import ConsoleCapture
+from tests.lab.daemon import remove_domain_logs
 from tests.lab.pool import scratch_pool_dir
 from tests.lab.report import Report
 from tests.lab.runtime_files import remove_runtime_files
@@ -144,8 +145,8 @@ class Fleet:
 
 
 def teardown_fleet(fleet: Fleet) -> None:
-    """Remove the fleet's domains (with their UEFI variables), volumes and pool, then the lock files
-    and pinned host keys ivm kept for them in its runtime directory."""
+    """Remove the fleet's domains (with their UEFI variables and QEMU logs), volumes and pool, then
+    the lock files and pinned host keys ivm kept for them in its runtime directory."""
     volumes = fleet.volumes()
     try:
         _remove_domains_and_pool(fleet)
@@ -155,6 +156,7 @@ def teardown_fleet(fleet: Fleet) -> None:
         doc = json.loads(fleet.machines_file.read_text()) if fleet.machines_file.is_file() else {}
         uris = {fleet.uri, *(m.get("libvirt_uri") for m in doc.get("machines", {}).values())} - {None}
         remove_runtime_files((u for u in uris if u), locks)
+        remove_domain_logs(fleet.uri, fleet.names)
 
 
 def _remove_domains_and_pool(fleet: Fleet) -> None:

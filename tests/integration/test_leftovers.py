@@ -1,5 +1,6 @@
 """Tests leave nothing behind on the host: a fleet's teardown also removes what ivm keeps in its
-runtime directory (/run/ivm as root) for the fleet's VMs, pool and bases, and only that."""
+runtime directory (/run/ivm as root) for the fleet's VMs, pool and bases, and the QEMU logs the
+system daemon keeps for its domains; only those."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from ivm.image import content_hash
 from ivm.runtime_dir import file_name
 from ivm.volumes import base_volume
 from tests.integration.conftest import Fleet, Images, teardown_fleet, vm_name
+from tests.lab.daemon import QEMU_LOG_DIR
 from tests.lab.runtime_files import remove_runtime_files, runtime_files
 
 
-def test_a_fleets_teardown_leaves_nothing_in_ivms_runtime_directory(fleet: Fleet, images: Images) -> None:
+def test_a_fleets_teardown_leaves_no_lock_file_and_no_qemu_log(fleet: Fleet, images: Images) -> None:
     name = fleet.add(vm_name("lo"))
     fleet.ivm("create", name, "--image", str(images.a))
     fleet.ivm("define", name)
+    fleet.boot(name)
+    logs = [QEMU_LOG_DIR / f"{name}.log"] if os.geteuid() == 0 else []
+    assert all(log.is_file() for log in logs)  # the daemon keeps it after the domain is gone
     ours = [name, f"_pool-{fleet.pool}", f"_{base_volume(content_hash(images.a))}"]
     # ivm keeps its lock files after the run: without the teardown's removal they would stay
     assert {p.name for p in runtime_files([fleet.uri], ours)} == {
@@ -27,6 +32,7 @@ def test_a_fleets_teardown_leaves_nothing_in_ivms_runtime_directory(fleet: Fleet
     }
     teardown_fleet(fleet)
     assert runtime_files([fleet.uri], ours) == []
+    assert not any(log.exists() for log in logs)
 
 
 def test_a_held_lock_is_left_to_its_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import grp
 import os
 import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 SYSTEM_URI = "qemu:///system"
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # the system daemon's per-domain QEMU logs
 # Daemons live in sbin, which a non-login or non-root PATH often lacks.
 _SBIN = ("/usr/sbin", "/sbin")
 
@@ -124,3 +126,13 @@ def virt_type() -> str:
         for word in line.split(":", 1)[1].split()
     }
     return "kvm" if flags & {"vmx", "svm"} else "qemu"
+
+
+def remove_domain_logs(uri: str, names: Iterable[str]) -> None:
+    """The system daemon keeps a domain's QEMU log (and its rotations) after the domain is gone:
+    remove those of `names`, which must be domains this caller made and removed."""
+    if uri != SYSTEM_URI or os.geteuid() != 0:
+        return
+    for name in names:
+        for path in QEMU_LOG_DIR.glob(f"{glob.escape(name)}.log*"):
+            path.unlink(missing_ok=True)
