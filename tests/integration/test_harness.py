@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from tests.lab.console import ConsoleCapture
-from tests.lab.daemon import virt_type
+from tests.lab.daemon import remove_domain_logs, virt_type
 from tests.lab.pool import scratch_pool_dir
 from tests.lab.report import Report, parse_report
 from tests.lab.standin import build_standin_image
@@ -115,6 +115,7 @@ def domain(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
                 if dom is not None:
                     _stop(dom)
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                    remove_domain_logs(conn.getURI(), [f"ivm-harness-{os.getpid()}"])
             finally:
                 pool.destroy()  # a transient pool: destroying it also forgets it
 
