@@ -87,8 +87,10 @@ in {
     execStart = cfg.systemd.services.qemu-guest-agent.serviceConfig.ExecStart;
     condition = cfg.systemd.services.qemu-guest-agent.unitConfig.ConditionPathExists or null;
     identityRuntime = cfg.ivm.identity.runtimeDirectory;
-    withHealthCheck = (c.extendModules { modules = [ { ivm.guestAgent.healthCheck = c.pkgs.lib.mkForce true; } ]; })
-      .config.systemd.services.qemu-guest-agent.serviceConfig.ExecStart;
+    withHealthCheck = let
+      forced = { ivm.guestAgent.healthCheck = c.pkgs.lib.mkForce true; };
+      agentUnit = (c.extendModules { modules = [ forced ]; }).config.systemd.services.qemu-guest-agent;
+    in agentUnit.serviceConfig.ExecStart;
   };
   webServer = cfg.services.static-web-server.enable;
 }) cs
@@ -257,7 +259,10 @@ def test_a_health_check_adds_guest_exec_and_nothing_else(guest: Mapping[str, Any
         return set(found.group(1).split(","))
 
     agent = guest["guestAgent"]
-    assert allowed(agent["withHealthCheck"]) - allowed(agent["execStart"]) == {"guest-exec", "guest-exec-status"}
+    assert allowed(agent["withHealthCheck"]) - allowed(agent["execStart"]) == {
+        "guest-exec",
+        "guest-exec-status",
+    }
     assert allowed(agent["execStart"]) <= allowed(agent["withHealthCheck"])
 
 

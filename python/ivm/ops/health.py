@@ -19,7 +19,6 @@ from ivm.hypervisor import agent
 from ivm.hypervisor.domains import State, require
 from ivm.ops.session import VmSession
 
-
 # The guest keeps its agent stopped when it refused its identity disk (modules/guest-agent.nix).
 SILENT_AGENT = " (it is also silent when the guest refused its identity disk)"
 
