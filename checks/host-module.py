@@ -33,3 +33,8 @@ with subtest("run again, the unit finds nothing to do and restarts nothing"):
     log = host.succeed("journalctl -b -u ivm-fleet.service -o cat --no-pager")
     t.assertIn("web1: no changes", log)
     t.assertEqual(host.succeed("virsh domstate web1").strip(), "running")
+
+with subtest("ivm-host runs the tool as the unit does, for root only"):
+    listing = host.succeed("ivm-host list")
+    t.assertRegex(listing, r"web1\s.*running")
+    host.fail("runuser -u nobody -- ivm-host list")

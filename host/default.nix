@@ -29,18 +29,30 @@ let
 
   ivm = lib.getExe cfg.package;
   virsh = "${lib.getExe' config.virtualisation.libvirtd.package "virsh"} --connect ${lib.escapeShellArg cfg.libvirtUri}";
+  # What every run of the tool on this host gets: the machines, the project, the daemon.
+  toolArgs = [
+    "--machines"
+    "${machinesJson}"
+    "--root"
+    projectDir
+    "--connect"
+    cfg.libvirtUri
+  ];
+  environment = {
+    IVM_POOL = cfg.pool.name;
+    # The tool's temporary files (a base image's copy) are read by path by the libvirt daemon,
+    # so they live in CacheDirectory, not in the unit's private /tmp.
+    TMPDIR = "/var/cache/ivm";
+    XDG_CACHE_HOME = "/var/cache/ivm";
+    # The tool's locks: a hand run through ivm-host takes the same ones as the unit.
+    XDG_RUNTIME_DIR = "/run/ivm-fleet";
+  }
+  // lib.optionalAttrs (cfg.pool.path != null) { IVM_POOL_PATH = cfg.pool.path; };
   apply =
     names:
     lib.escapeShellArgs (
-      [
-        "--machines"
-        "${machinesJson}"
-        "--root"
-        cfg.projectDir
-        "--connect"
-        cfg.libvirtUri
-        "apply"
-      ]
+      toolArgs
+      ++ [ "apply" ]
       ++ names
       ++ [
         "--image"
@@ -81,6 +93,20 @@ let
     '') (lib.attrValues byImage)}
     exit "$failed"
   '';
+
+  # `sudo ivm-host status`: the tool as the unit runs it (user, machines, project, pool, locks).
+  hostTool = pkgs.writeShellApplication {
+    name = "ivm-host";
+    text = ''
+      if [ "$(id -u)" != 0 ]; then
+        echo "ivm-host: error: run it as root (sudo ivm-host ...); it runs ivm as the ivm user" >&2
+        exit 2
+      fi
+      exec ${lib.getExe' pkgs.util-linux "runuser"} -u ivm -- ${lib.getExe' pkgs.coreutils "env"} \
+        ${lib.escapeShellArgs (lib.mapAttrsToList (name: value: "${name}=${value}") environment)} \
+        ${ivm} ${lib.escapeShellArgs toolArgs} "$@"
+    '';
+  };
 
   toText = value: if builtins.isPath value then toString value else value;
   projectDir = toText cfg.projectDir;
@@ -205,6 +231,7 @@ in
       description = "ivm fleet";
     };
     users.groups.ivm = { };
+    environment.systemPackages = [ hostTool ];
 
     systemd.tmpfiles.settings.ivm.${projectDir}.d = {
       user = "ivm";
@@ -232,15 +259,7 @@ in
         pkgs.coreutils
         pkgs.gnugrep
       ];
-      environment = {
-        IVM_POOL = cfg.pool.name;
-        # The tool's temporary files (a base image's copy) are read by path by the libvirt daemon,
-        # so they live in CacheDirectory, not in the unit's private /tmp.
-        TMPDIR = "/var/cache/ivm";
-        XDG_CACHE_HOME = "/var/cache/ivm";
-        XDG_RUNTIME_DIR = "/run/ivm-fleet";
-      }
-      // lib.optionalAttrs (cfg.pool.path != null) { IVM_POOL_PATH = cfg.pool.path; };
+      inherit environment;
       script = fleetScript;
 
       # systemd.exec(5). Only libvirt's socket is needed: the daemon (root) does the privileged work.

@@ -51,7 +51,8 @@ in {
 @pytest.fixture(scope="module")
 def host() -> dict[str, Any]:
     variants = "{ " + " ".join(f"{name} = {value};" for name, value in VARIANTS.items()) + " }"
-    facts: dict[str, Any] = nix_eval("checks.x86_64-linux.host-module", apply=HOST.replace("VARIANTS", variants))
+    apply = HOST.replace("VARIANTS", variants)
+    facts: dict[str, Any] = nix_eval("checks.x86_64-linux.host-module", apply=apply)
     return facts
 
 
