@@ -242,8 +242,10 @@ in
     systemd.services.ivm-fleet = {
       description = "ivm: bring this flake's VMs up";
       requires = [ "libvirtd.service" ];
+      # After libvirt-guests: it resumes the VMs that ran before a reboot, which apply then finds.
       after = [
         "libvirtd.service"
+        "libvirt-guests.service"
         "network.target"
       ];
       wantedBy = lib.optional cfg.autostart "multi-user.target";
