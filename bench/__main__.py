@@ -45,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="runs of the rollout case (default --runs; one run upgrades 22 VMs, each a TCG boot)",
     )
+    parser.add_argument(
+        "--rollout-vms",
+        type=int,
+        default=10,
+        help="running VMs the rollout case upgrades (default 10; 0 leaves the upgrades out)",
+    )
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(args.only) - set(CASES))
@@ -81,7 +87,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         "up": lambda lab: up.run(lab, args.runs),
         "boot": lambda lab: boot.run(lab, args.runs),
         "upgrade": lambda lab: upgrade.run(lab, args.runs),
-        "rollout": lambda lab: rollout.run(lab, args.rollout_runs or args.runs),
+        "rollout": lambda lab: rollout.run(lab, args.rollout_runs or args.runs, args.rollout_vms),
         "profile": lambda lab: profile.run(lab, args.runs),
     }
     started = time.monotonic()

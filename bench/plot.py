@@ -61,20 +61,11 @@ def fleet_plot(results: dict[str, Any], dest: Path) -> Path:
 def rollout_plot(results: dict[str, Any], dest: Path) -> Path:
     """Upgrade of a fleet against one VM's, and a /var snapshot against a volume clone."""
     ro = results["cases"]["rollout"]
-    fig = Chart(figsize=(10, 4), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    n = ro["vms"]
-    bars = {
-        "one VM": ro["upgrade_one_vm"],
-        f"{n} VMs, --jobs {n}": ro["upgrade_all_parallel"],
-        f"{n} VMs, --jobs 1": ro["upgrade_all_sequential"],
-    }
-    _bars(left, bars)
-    target = 1.5 * ro["upgrade_one_vm"].median
-    left.axhline(target, linestyle=":", color="red", label="target: 1.5x one VM")
-    left.set_ylim(top=max(left.get_ylim()[1], 1.1 * target))
-    left.set(ylabel="seconds (median, min-max)", title="health-gated `ivm upgrade` of running VMs")
-    left.legend(fontsize="small")
+    upgrades = "upgrade_one_vm" in ro
+    fig = Chart(figsize=(10 if upgrades else 5, 4), layout="constrained")
+    left, right = fig.subplots(1, 2) if upgrades else (None, fig.subplots(1, 1))
+    if left is not None:
+        _upgrade_bars(left, ro)
     mib = ro["snapshot_data_mib"]
     snaps = {"internal qcow2 snapshot": ro["snapshot_internal"], "volume clone": ro["snapshot_clone"]}
     _bars(right, snaps)
@@ -87,6 +78,21 @@ def rollout_plot(results: dict[str, Any], dest: Path) -> Path:
     )
     fig.savefig(dest, dpi=100)
     return dest
+
+
+def _upgrade_bars(left: Any, ro: dict[str, Any]) -> None:
+    n = ro["vms"]
+    bars = {
+        "one VM": ro["upgrade_one_vm"],
+        f"{n} VMs, --jobs {n}": ro["upgrade_all_parallel"],
+        f"{n} VMs, --jobs 1": ro["upgrade_all_sequential"],
+    }
+    _bars(left, bars)
+    target = 1.5 * ro["upgrade_one_vm"].median
+    left.axhline(target, linestyle=":", color="red", label="target: 1.5x one VM")
+    left.set_ylim(top=max(left.get_ylim()[1], 1.1 * target))
+    left.set(ylabel="seconds (median, min-max)", title="health-gated `ivm upgrade` of running VMs")
+    left.legend(fontsize="small")
 
 
 def _bars(ax: Any, figures: dict[str, Any]) -> None:

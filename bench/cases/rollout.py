@@ -30,7 +30,7 @@ def run(
 ) -> dict[str, Any]:
     return {
         "vms": vms,
-        **_upgrade(lab, runs, vms),
+        **(_upgrade(lab, runs, vms) if vms else {}),  # 0: no upgrades (each is a TCG boot to the agent)
         **_plan(lab, runs, plan_vms),
         **_snapshot(lab, runs, data_mib),
     }
