@@ -23,13 +23,13 @@ from typing import Any
 
 import click
 import libvirt
-import libvirt_qemu
 import pytest
 
 from ivm.cli import cli
 from tests.conftest import Project, machine_entry
-from tests.integration.conftest import BOOT_TIMEOUT, Fleet, Images, vm_name
+from tests.integration.conftest import Fleet, Images, vm_name
 from tests.integration.standin.image import build_standin_image
+from tests.integration.test_health import wait_for_agent
 from tests.unit.test_bad_input import (
     CASES,
     Case,
@@ -806,24 +806,6 @@ def domain_state(fleet: Fleet, name: str) -> int | None:
         return int(conn.lookupByName(name).state()[0])
     except libvirt.libvirtError:
         return None
-    finally:
-        conn.close()
-
-
-def wait_for_agent(fleet: Fleet, name: str) -> None:
-    """Until the running stand-in's agent answers: it starts once the guest has counted its boot on /var."""
-    conn = fleet.conn()
-    try:
-        dom = conn.lookupByName(name)
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while True:
-            try:
-                libvirt_qemu.qemuAgentCommand(dom, '{"execute": "guest-ping"}', 5, 0)
-                return
-            except libvirt.libvirtError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{name}'s guest agent did not answer within {BOOT_TIMEOUT:g} s")
-                time.sleep(1)
     finally:
         conn.close()
 
