@@ -6,6 +6,7 @@ the upgrade by its exit code."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -129,9 +130,12 @@ def test_the_health_check_decides_whether_an_upgrade_is_kept(
     after = status(fleet, name)
     assert after["state"] == "running" and after["volumes"][f"{name}-var.qcow2"], after
     if kept:
-        assert r.returncode == 0 and "1 upgraded, 0 up to date, 0 failed" in r.stdout, r.stdout + r.stderr
+        # The killed run had moved it; the re-run only gives the verdict: healthy, so nothing to undo.
+        assert r.returncode == 0 and f"{name}: up to date on base" in r.stdout, r.stdout + r.stderr
         assert after["base"] not in (None, on_a)
     else:
         assert r.returncode == 1, r.stdout + r.stderr
-        assert f"{name}: rolled back: health check /bin/false exited 1 within 20 s" in r.stdout, r.stdout
+        # A starved guest may answer guest-exec-status too late for the last try: "did not finish".
+        line = rf"^{name}: rolled back: health check /bin/false (exited 1|did not finish) within 20 s "
+        assert re.search(line, r.stdout, re.MULTILINE), r.stdout
         assert after["base"] == on_a
