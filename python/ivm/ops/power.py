@@ -6,7 +6,7 @@ import logging
 
 from ivm.config import Settings
 from ivm.errors import ToolError
-from ivm.hypervisor.domains import State, require
+from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
 from ivm.hypervisor.ownership import find_drift, repair
 from ivm.hypervisor.security import static_uid
 from ivm.ops.define import created_base
@@ -37,6 +37,8 @@ def start(s: VmSession) -> bool:
                 "(mode 0666, systemd's default), or use --virt-type qemu",
             ) from None
         raise
+    if restart_pending(dom):  # the start an interrupted run owed it is made now
+        set_restart_pending(dom, False)
     return True
 
 
