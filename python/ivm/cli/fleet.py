@@ -13,7 +13,7 @@ import click
 from ivm.cli import output
 from ivm.cli.group import cli
 from ivm.cli.many import JOBS_OPTION
-from ivm.cli.options import IMAGE_OPTION, NAME, NAMES, shutdown_options
+from ivm.cli.options import HOST_CA_OPTION, IMAGE_OPTION, NAME, NAMES, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import require
@@ -67,6 +67,7 @@ def status(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@HOST_CA_OPTION
 @click.pass_context
 def plan(
     ctx: click.Context,
@@ -111,6 +112,7 @@ def plan(
     help="With --all: also destroy the orphans (undefine, delete boot and identity disks, keep /var).",
 )
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def apply(
     settings: Settings,
@@ -189,6 +191,7 @@ def apply(
 )
 @IMAGE_OPTION
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def upgrade(
     settings: Settings,
@@ -254,6 +257,7 @@ def upgrade(
     help="With --with-data: this snapshot (see `ivm snapshots NAME`) instead of the newest on that base.",
 )
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def rollback(
     settings: Settings, name: str, with_data: bool, snapshot: str | None, force: bool, timeout: float
@@ -328,6 +332,7 @@ def gc(settings: Settings, dry_run: bool, as_json: bool) -> None:
 @NAME
 @click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@HOST_CA_OPTION
 @click.pass_obj
 def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> None:
     """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
@@ -352,6 +357,7 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the blocks to this file (and its pinned keys to FILE.known_hosts), each atomically.",
 )
+@HOST_CA_OPTION
 @click.pass_obj
 def ssh_config(
     settings: Settings, names: tuple[str, ...], all_vms: bool, user: str, output_file: Path | None
