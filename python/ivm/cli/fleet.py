@@ -372,16 +372,17 @@ def ssh_config(
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs, or pass --all")
+    ca = ssh_ops.host_ca(settings)
     targets, skipped = ssh_config_ops.collect(settings, names, all_vms)
     for s in skipped:
         click.echo(f"ivm: {s.name}: skipped: {s.reason}", err=True)
     if output_file is not None:
         config, keys = ssh_config_ops.render(
-            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file)
+            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file), ca
         )
         ssh_config_ops.write_config(output_file, config, keys)
         click.echo(f"wrote {len(targets)} Host block(s) to {output_file}")
         return
-    _, keys = ssh_config_ops.render(targets, skipped, user, Path())
-    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys))
+    _, keys = ssh_config_ops.render(targets, skipped, user, Path(), ca)
+    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys), ca)
     click.echo(config, nl=False)
