@@ -42,6 +42,6 @@ def with_certificates(keys: Keys, directory: Path) -> Keys:
             ["ssh-keygen", "-q", "-s", str(ca), *kind, "-I", "web1", "-n", "web1", str(pub)], check=True
         )
         certs[placeholder] = (directory / f"{placeholder}-cert.pub").read_text().strip()
-    kind, encoded = certs["cert"].split()[:2]
-    certs["cert_head"] = f"{kind} {encoded[:64]}"
+    cert_type, encoded = certs["cert"].split()[:2]
+    certs["cert_head"] = f"{cert_type} {encoded[:64]}"
     return replace(keys, certs=certs)
