@@ -29,6 +29,8 @@ IMPORT = REPO / "modules" / "identity-import.sh"
 PORTS = REPO / "modules" / "firewall-ports.sh"
 REQUIRED = ("machine-id", "hostname", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
 KEYS = ("admin_authorized_keys", "user_authorized_keys")
+# What a refused identity disk costs the kept identity: its keys and its open ports (fail closed).
+REVOKED = (*KEYS, "tcp_ports", "udp_ports")
 BASE_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 DEFAULT_RESOLV = "nameserver 127.0.0.53\n"
 
@@ -156,6 +158,10 @@ class Guest:
     def status(self) -> str:
         return (self.run_dir / "identity-status").read_text()
 
+    def accepted(self) -> bool:
+        """The marker the guest agent's unit requires: only an imported or absent identity sets it."""
+        return (self.run_dir / "identity-accepted").is_file()
+
 
 @pytest.fixture
 def guest(tmp_path: Path, env: Mapping[str, str]) -> Guest:
@@ -202,6 +208,7 @@ def test_complete_identity_is_imported_root_owned_with_fixed_modes(
         data = identity[path.name]
         assert path.read_bytes() == (data.encode() if isinstance(data, str) else data)
     assert "imported 11 files" in proc.stderr
+    assert guest.status() == "imported\n" and guest.accepted()
 
 
 def test_only_known_names_are_copied(guest: Guest, identity: dict[str, bytes | str]) -> None:
@@ -264,8 +271,9 @@ def test_an_invalid_identity_keeps_the_previous_one(
     assert "identity disk REFUSED" in proc.stderr
     assert reason in proc.stderr
     # Fail closed: the refused disk may have revoked keys, so the old ones stop working too.
-    assert guest.imported() == {k: v for k, v in before.items() if k not in KEYS}
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: ") and reason in guest.status()
+    assert not guest.accepted()
 
 
 def test_a_missing_required_file_keeps_the_previous_identity(
@@ -276,7 +284,7 @@ def test_a_missing_required_file_keeps_the_previous_identity(
     (guest.disk / "ssh_host_ed25519_key").unlink()
     proc = guest.boot()
     assert "ssh_host_ed25519_key is missing" in proc.stderr
-    assert set(guest.imported()) == set(identity) - set(KEYS)
+    assert set(guest.imported()) == set(identity) - set(REVOKED)
 
 
 def test_a_symlink_on_the_disk_is_refused(guest: Guest, identity: dict[str, bytes | str]) -> None:
@@ -311,8 +319,9 @@ def test_an_attached_disk_that_did_not_mount_revokes_the_keys(
     os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
     proc = guest.boot(device=device)
     assert "could not be mounted" in proc.stderr
-    assert guest.imported() == {k: v for k, v in before.items() if k not in KEYS}
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: the identity disk")
+    assert not guest.accepted()
     assert (guest.run_dir / "hosts").exists()
 
 
@@ -325,7 +334,7 @@ def test_no_attached_disk_keeps_the_keys(
     proc = guest.boot(device=tmp_path / "no-such-device")
     assert "no identity disk" in proc.stderr
     assert set(guest.imported()) == set(identity)
-    assert guest.status() == "absent\n"
+    assert guest.status() == "absent\n" and guest.accepted()
 
 
 def test_first_boot_without_disk_still_prepares_resolv_conf_and_hosts(guest: Guest) -> None:
@@ -433,7 +442,7 @@ def test_a_broken_file_keeps_the_previous_identity_without_its_keys(
     assert_after_boot(guest, proc)
     assert "identity disk REFUSED: hosts" in proc.stderr
     kept = guest.imported()
-    assert kept == {k: v for k, v in before.items() if k not in KEYS}
+    assert kept == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: hosts ")
     # The extra hosts lines of the kept identity still reach /etc/hosts.
     assert (guest.run_dir / "hosts").read_text().endswith(str(identity["hosts"]))
@@ -450,6 +459,7 @@ def test_a_failed_write_still_unmounts_and_writes_hosts(
     assert_after_boot(guest, proc)
     assert "failed to write" in proc.stderr
     assert guest.status().startswith("failed: ")
+    assert not guest.accepted()
 
 
 def test_a_missing_default_resolv_conf_does_not_cost_the_hosts_file(guest: Guest) -> None:

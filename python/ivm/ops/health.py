@@ -2,6 +2,9 @@
 the QEMU guest agent answering on its virtio-serial channel, then, if the machine declares one in
 meta.nix (`health_check`), that command exiting 0, run in the guest by the agent (guest-exec).
 
+A guest that refused its new identity disk (a file breaks the image's rules) keeps its agent stopped,
+so the VM counts as unhealthy: its old firewall ports and host key must not pass for the new ones.
+
 The check runs inside the guest it judges, as the agent's user (root), never on the host: it can do
 nothing a machine's own configuration could not already do, and its output is neither read nor
 logged. Its exit code is the only thing the host learns.
@@ -15,6 +18,9 @@ from dataclasses import dataclass
 from ivm.hypervisor import agent
 from ivm.hypervisor.domains import State, require
 from ivm.ops.session import VmSession
+
+# The guest keeps its agent stopped when it refused its identity disk (modules/guest-agent.nix).
+SILENT_AGENT = " (it is also silent when the guest refused its identity disk)"
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ def wait_healthy(s: VmSession, timeout: float) -> Health:
         if s.hv.domains.state(dom) is not State.RUNNING:
             return Health(False, f"it stopped ({s.hv.domains.state(dom)}) before its guest agent answered")
         if time.monotonic() >= deadline:
-            return Health(False, f"no answer from its guest agent within {timeout:g} s")
+            return Health(False, f"no answer from its guest agent within {timeout:g} s{SILENT_AGENT}")
         time.sleep(1)
     check = s.machine.health_check
     if not check:

@@ -36,7 +36,7 @@ from ivm.image import (
     private_copy,
 )
 from ivm.lock import resource_lock
-from ivm.ops.session import Hypervisor, VmSession
+from ivm.ops.session import Hypervisor, VmSession, check_network_reachable
 from ivm.storage_xml import volume_xml
 from ivm.volumes import base_hash_of, base_volume
 
@@ -102,6 +102,7 @@ def certificate_due(s: VmSession, identity: Identity) -> str | None:
 
 
 def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = None) -> CreateResult:
+    check_network_reachable(s.name, s.machine, s.hv.uri)  # before anything is made, for `up`
     vols = s.volumes
     directory = machine_dir(s.settings.project_root, s.name)
     generated = tuple(generate_missing(directory, s.name))
