@@ -369,6 +369,8 @@ def ssh_config(
     it), pins its identity host key in a known_hosts file with strict checking, and turns off the
     same forwarding options `ivm ssh` does. Addresses can change: run it again after a VM restarts.
     Printed to stdout, the keys go to ivm's runtime directory; with --output they go beside FILE.
+    With a host CA (--host-ca, IVM_HOST_CA), one @cert-authority line trusts it for every VM whose
+    identity holds a valid certificate from it, instead of pinning each key.
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs, or pass --all")
