@@ -65,7 +65,7 @@ in
       # its identity disk (modules/identity-import.sh writes the marker only for an imported or
       # absent one) stays silent: the upgrade sees it unhealthy and rolls it back. A condition, so
       # the unit is skipped, not failed, and Restart=always does not retry it.
-      unitConfig.ConditionPathExists = "${config.ivm.identity.runtimeDirectory}/identity-accepted";
+      unitConfig.ConditionPathExists = [ "${config.ivm.identity.runtimeDirectory}/identity-accepted" ];
     };
   };
 }

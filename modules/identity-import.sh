@@ -337,6 +337,12 @@ import_identity() {
     revoke_access "$target" || return 1
     return 0
   fi
+  if [[ -n $device && -b $device ]] && [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
+    status="refused: the identity disk ${device} is empty"
+    log "identity disk REFUSED: ${device} is empty; keeping ${target} without its authorized keys and ports"
+    revoke_access "$target" || return 1
+    return 0
+  fi
   if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
     log "no identity disk (or it is empty); keeping ${target}"
     status="absent"
@@ -426,7 +432,7 @@ main() {
   fi
   printf '%s\n' "$status" | publish "$3/identity-status" || result=1
   case $status in
-    imported | absent) printf '%s\n' "$status" | publish "$3/identity-accepted" || result=1 ;;
+  imported | absent) printf '%s\n' "$status" | publish "$3/identity-accepted" || result=1 ;;
   esac
   return "$result"
 }

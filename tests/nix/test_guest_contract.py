@@ -269,7 +269,7 @@ def test_a_health_check_adds_guest_exec_and_nothing_else(guest: Mapping[str, Any
 def test_the_guest_agent_runs_only_on_an_accepted_identity(guest: Mapping[str, Any]) -> None:
     # modules/identity-import.sh writes this marker only for an imported or absent identity.
     agent = guest["guestAgent"]
-    assert agent["condition"] == f"{agent['identityRuntime']}/identity-accepted"
+    assert agent["condition"] == [f"{agent['identityRuntime']}/identity-accepted"]
 
 
 def test_machine_id_and_hostname_placeholders_are_empty(guest: Mapping[str, Any]) -> None:

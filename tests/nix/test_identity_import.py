@@ -126,7 +126,7 @@ class Guest:
         assert proc.returncode == expect, proc.stderr
         return proc
 
-    def boot_mounted(self, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    def boot_mounted(self, expect: int = 0, device: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Boots with the disk's files on a tmpfs mounted at the mount point, as the unit mounts the disk.
 
         The mount lives in a private mount namespace, so nothing outlives the test; the namespace
@@ -136,7 +136,7 @@ class Guest:
         script = (
             f"mount -t tmpfs -o size=1m,mode=0755 ivm-test-identity {mnt} || exit 99\n"
             f"cp -a -- {shlex.quote(str(self.disk))}/. {mnt}/ || exit 99\n"
-            f"bash {shlex.quote(str(IMPORT))} {shlex.join(self.args(self.mount_point))}\n"
+            f"bash {shlex.quote(str(IMPORT))} {shlex.join(self.args(self.mount_point, device))}\n"
             "rc=$?\n"
             f"if mountpoint -q {mnt}; then echo 'TEST: STILL MOUNTED' >&2; umount {mnt}; fi\n"
             "exit $rc\n"
@@ -446,6 +446,26 @@ def test_a_broken_file_keeps_the_previous_identity_without_its_keys(
     assert guest.status().startswith("refused: hosts ")
     # The extra hosts lines of the kept identity still reach /etc/hosts.
     assert (guest.run_dir / "hosts").read_text().endswith(str(identity["hosts"]))
+
+
+@pytest.mark.usefixtures("unshare")
+def test_an_attached_disk_that_mounts_empty_is_refused(
+    guest: Guest, identity: dict[str, bytes | str], tmp_path: Path
+) -> None:
+    """ivm never makes an empty identity disk: one attached empty is a refusal, not a missing disk."""
+    if os.geteuid() != 0:
+        pytest.skip("making a block device node needs root")
+    guest.write(identity)
+    guest.boot_mounted()
+    before = guest.imported()
+    guest.clear_disk()
+    device = tmp_path / "virtio-identity"
+    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
+    proc = guest.boot_mounted(device=device)
+    assert_after_boot(guest, proc)
+    assert "is empty" in proc.stderr
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
+    assert guest.status().startswith("refused: the identity disk") and not guest.accepted()
 
 
 @pytest.mark.usefixtures("unshare")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import libvirt
 from lxml import etree
 
 from ivm.domain_xml import DacLabel
@@ -86,11 +87,23 @@ def dac_label(conn: Any, uri: str, name: str, virt_type: str) -> DacLabel | None
     current: int | None = None
     taken: set[int] = set()
     with libvirt_errors("listing domains"):
-        domains = [(d.name(), str(d.XMLDesc(0))) for d in conn.listAllDomains(0)]
-    for other, xml in domains:
+        listed = [(d.name(), _xml_unless_gone(d)) for d in conn.listAllDomains(0)]
+    for other, xml in listed:
+        if xml is None:
+            continue
         uid = static_uid(xml)
         if other == name:
             current = uid
         elif uid is not None:
             taken.add(uid)
     return DacLabel(choose_uid(name, current, taken), gid)
+
+
+def _xml_unless_gone(dom: Any) -> str | None:
+    """The domain's XML, or None if it was undefined since it was listed (another client's work)."""
+    try:
+        return str(dom.XMLDesc(0))
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
