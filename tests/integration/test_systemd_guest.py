@@ -255,7 +255,8 @@ def _created(tune2fs: str) -> str:
 
 
 def _stop(guest: Guest) -> None:
-    guest.fleet.ivm("stop", guest.name, "--timeout", "120", timeout=300)
+    # A graceful stop, so the journal reaches the var disk; a loaded TCG host may need minutes.
+    guest.fleet.ivm("stop", guest.name, "--timeout", "600", "--force", timeout=900)
 
 
 def _agent_answers(guest: Guest) -> bool:
@@ -332,7 +333,7 @@ def test_a_valid_identity_after_a_refusal_restores_access(guest: Guest) -> None:
     """`ivm upgrade` rebuilds the identity disk from machines/; the guest accepts it, its agent
     answers the health gate, and the refused boot's journal shows it kept the machine-id."""
     guest.fleet.ivm(
-        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "120",
+        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "600",
         "--health-timeout", str(SSH_TIMEOUT), timeout=int(SSH_TIMEOUT) + 600,
     )  # fmt: skip
     guest.wait_ssh()
