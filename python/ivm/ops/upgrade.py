@@ -37,6 +37,7 @@ from ivm.ops.health import wait_healthy
 from ivm.ops.provision import (
     HEADER,
     ProgressFactory,
+    certify_host_key,
     import_base,
     make_overlay,
     resolve_image,
@@ -83,6 +84,7 @@ def move_to_base(
 ) -> UpgradeResult:
     """Put VM `s` on base `target` (already in the pool) with a fresh identity disk; with `keep`,
     snapshot /var first (named after the base it ran) and keep the newest `keep` snapshots."""
+    certify_host_key(s)  # with a host CA: a missing, stale or expiring certificate is signed anew
     identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
     dom = require(s.domain(), s.name)
     # A run killed between dropping the old overlay or identity disk and making the new one: finish it.
