@@ -120,9 +120,9 @@ def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
         how = power.stop(s, force, timeout)
     click.echo(
         {
-            "already": f"{name}: already stopped",
-            "shutdown": f"{name}: stopped",
-            "forced": f"{name}: powered off (forced)",
+            power.Stopped.ALREADY: f"{name}: already stopped",
+            power.Stopped.SHUTDOWN: f"{name}: stopped",
+            power.Stopped.FORCED: f"{name}: powered off (forced)",
         }[how]
     )
 

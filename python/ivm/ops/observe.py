@@ -18,7 +18,7 @@ from ivm.identity.disk import digest_in_superblock
 from ivm.names import check_vm_name
 from ivm.ops.define import desired_spec
 from ivm.ops.plan import Desired, FleetPlan, Observed, Orphan, VmPlan, plan_fleet
-from ivm.ops.provision import EXT4_MAGIC_AT, HEADER, is_complete, vm_identity
+from ivm.ops.provision import EXT4_MAGIC_AT, HEADER, Header, is_complete, vm_identity
 from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.volumes import base_hash_of, base_volume
@@ -46,7 +46,7 @@ def pool_bases(hv: Hypervisor) -> frozenset[str]:
     return frozenset(
         h
         for v in hv.storage.volume_names()
-        if (h := base_hash_of(v)) is not None and is_complete(hv, base_volume(h), "qcow2")
+        if (h := base_hash_of(v)) is not None and is_complete(hv, base_volume(h), Header.QCOW2)
     )
 
 

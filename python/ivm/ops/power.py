@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from ivm.config import Settings
 from ivm.errors import ToolError
@@ -13,6 +14,14 @@ from ivm.ops.define import created_base
 from ivm.ops.session import VmSession, open_hypervisor
 
 log = logging.getLogger("ivm.power")
+
+
+class Stopped(StrEnum):
+    """How `stop` ended."""
+
+    ALREADY = "already"  # it was not running
+    SHUTDOWN = "shutdown"  # the guest powered off when asked
+    FORCED = "forced"  # the guest did not comply and --force pulled the plug
 
 
 def start(s: VmSession) -> bool:
@@ -54,17 +63,14 @@ def repair_ownership(s: VmSession, dom: object, fatal: bool = True) -> None:
         log.warning("%s; %s", e.message, e.hint)
 
 
-def stop(s: VmSession, force: bool, timeout: float) -> str:
-    """Shut the VM down gracefully; with `force`, pull the plug when the guest does not comply.
-
-    Returns how it ended: "already", "shutdown" or "forced".
-    """
+def stop(s: VmSession, force: bool, timeout: float) -> Stopped:
+    """Shut the VM down gracefully; with `force`, pull the plug when the guest does not comply."""
     dom = require(s.domain(), s.name)
     if s.hv.domains.state(dom) is State.SHUT_OFF:
-        return "already"
+        return Stopped.ALREADY
     if s.hv.domains.shutdown(dom, timeout):
         repair_ownership(s, dom, fatal=False)  # a domain defined before the labels left disks drifted
-        return "shutdown"
+        return Stopped.SHUTDOWN
     if not force:
         raise ToolError(
             f"{s.name} did not shut down within {timeout:g} s",
@@ -72,7 +78,7 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
         )
     s.hv.domains.power_off(dom)
     repair_ownership(s, dom, fatal=False)
-    return "forced"
+    return Stopped.FORCED
 
 
 def check_console(settings: Settings, name: str, uri: str) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from ivm.domain_xml import domain_uuid
@@ -41,6 +42,14 @@ log = logging.getLogger("ivm.create")
 GIB = 1024**3
 HEADER = 4096  # written last on upload: the qcow2 magic and the ext4 superblock live here
 EXT4_MAGIC_AT = 0x438
+
+
+class Header(StrEnum):
+    """The header an upload writes last, by which a complete volume is known."""
+
+    QCOW2 = "qcow2"  # base images
+    EXT4 = "ext4"  # the identity disk
+
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Progress]]
 
@@ -87,7 +96,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
     identity = checked(s, load_identity(directory, s.name, generate=False))  # before any change
     warn_unknown_files(directory)
     current = boot_base(s.hv, vols.boot)
-    if current and is_complete(s.hv, vols.identity, "ext4") and s.hv.storage.volume(vols.var):
+    if current and is_complete(s.hv, vols.identity, Header.EXT4) and s.hv.storage.volume(vols.var):
         # create never moves a complete VM to another base: that is upgrade's job (it stops the VM).
         asked = inspect(image_file(image)).hash if image is not None else None
         return CreateResult(s.name, current, (), vols.all(), generated, asked if asked != current else None)
@@ -101,7 +110,7 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
     kept: list[str] = []
     (created if make_overlay(s.hv, vols.boot, base.hash) else kept).append(vols.boot)
     failpoint("create:after-overlay")
-    if is_complete(s.hv, vols.identity, "ext4"):
+    if is_complete(s.hv, vols.identity, Header.EXT4):
         kept.append(vols.identity)
     else:
         write_identity_disk(s.hv, vols.identity, identity)
@@ -123,7 +132,7 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
     name = base_volume(base.hash)
     with resource_lock(hv.uri, f"_{name}", wait=True):  # two VMs created at once import one base once
         failpoint("create:base-locked")
-        if is_complete(hv, name, "qcow2"):
+        if is_complete(hv, name, Header.QCOW2):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
             self_contained(hv, name)
             return name
@@ -142,7 +151,7 @@ def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | Non
                 hv.storage.import_file(
                     name, source, header=HEADER, mode="0644", progress=update, disposable=local
                 )
-        if not is_complete(hv, name, "qcow2"):
+        if not is_complete(hv, name, Header.QCOW2):
             raise ToolError(
                 f"the uploaded base {name} is not a valid qcow2 image",
                 "run the command again; if it persists, check the image file",
@@ -186,15 +195,15 @@ def boot_base(hv: Hypervisor, boot: str) -> str | None:
     if backing is None:
         return None
     base_hash = base_hash_of(Path(backing).name)
-    if base_hash is None or not is_complete(hv, base_volume(base_hash), "qcow2"):
+    if base_hash is None or not is_complete(hv, base_volume(base_hash), Header.QCOW2):
         return None
     return base_hash
 
 
-def is_complete(hv: Hypervisor, name: str, kind: str) -> bool:
+def is_complete(hv: Hypervisor, name: str, kind: Header) -> bool:
     """True if the volume exists and carries its header (uploads write the header last)."""
     head = hv.storage.head(name, HEADER)
-    if kind == "qcow2":
+    if kind is Header.QCOW2:
         return head[:4] == QCOW2_MAGIC
     return head[EXT4_MAGIC_AT : EXT4_MAGIC_AT + 2] == b"\x53\xef"
 
