@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -14,6 +13,7 @@ from lxml import etree
 
 from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
+from ivm.poll import SYSTEM, Clock, Deadline, poll
 
 log = logging.getLogger("ivm.domains")
 PROGRESS_EVERY = 10.0  # seconds between "still waiting" lines
@@ -111,26 +111,24 @@ class Domains:
                     raise
         return self.wait_off(dom, timeout)
 
-    def wait_off(self, dom: Any, timeout: float, every: float = PROGRESS_EVERY) -> bool:
+    def wait_off(
+        self, dom: Any, timeout: float, every: float = PROGRESS_EVERY, clock: Clock = SYSTEM
+    ) -> bool:
         """Wait for the guest to power off, saying what for and how long, and every `every`
         seconds how long it has waited (a guest that ignores ACPI would otherwise mean silence)."""
-        start = time.monotonic()
-        deadline, told = start + timeout, start
+        deadline = Deadline.after(timeout, clock)
         if self.state(dom) is State.SHUT_OFF:
             return True
         log.info("waiting up to %g s for %s to shut down (ACPI power button)", timeout, dom.name())
-        while True:
-            if self.state(dom) is State.SHUT_OFF:
-                return True
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            if now - told >= every:
-                told = now
-                log.info(
-                    "still waiting for %s to shut down: %.0f s of %g s", dom.name(), now - start, timeout
-                )
-            time.sleep(0.2)
+        off = poll(
+            lambda: True if self.state(dom) is State.SHUT_OFF else None,
+            deadline,
+            interval=0.2,
+            what=f"{dom.name()} to shut down",
+            report_every=every,
+            logger=log,
+        )
+        return off is not None
 
     def power_off(self, dom: Any) -> None:
         """Pull the plug (virsh destroy); the definition and disks stay."""

@@ -27,6 +27,7 @@ from ivm.storage_xml import pool_xml, source_pool_xml, volume_xml
 log = logging.getLogger("ivm.storage")
 CHUNK = 4 * 1024 * 1024
 Progress = Callable[[int], None]
+POOL_WAIT_S = 300.0  # another run defining, building and starting the pool
 SOURCE_POOL_PREFIX = "ivm-import-"  # transient pools over a local import's temporary folder
 
 
@@ -77,7 +78,7 @@ class Storage:
     def _creation_lock(self) -> AbstractContextManager[None]:
         """Two runs using a new pool at once: one defines, builds and starts it, the other waits.
         (flock: never taken twice by one process, which would wait for itself.)"""
-        return resource_lock(self.conn.getURI(), f"_pool-{self.name}", wait=True)
+        return resource_lock(self.conn.getURI(), f"_pool-{self.name}", wait=POOL_WAIT_S)
 
     def ensure(self) -> Any:
         """The pool, defined, built, started and autostarted on first use."""

@@ -42,6 +42,7 @@ log = logging.getLogger("ivm.create")
 GIB = 1024**3
 HEADER = 4096  # written last on upload: the qcow2 magic and the ext4 superblock live here
 EXT4_MAGIC_AT = 0x438
+IMPORT_WAIT_S = 3600.0  # another run importing the same base: a large image over a slow link
 
 
 class Header(StrEnum):
@@ -130,7 +131,9 @@ def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = 
 def import_base(hv: Hypervisor, base: BaseImage, progress: ProgressFactory | None) -> str:
     """Upload the base as base-<hash>.qcow2 unless a complete copy is already in the pool."""
     name = base_volume(base.hash)
-    with resource_lock(hv.uri, f"_{name}", wait=True):  # two VMs created at once import one base once
+    with resource_lock(
+        hv.uri, f"_{name}", wait=IMPORT_WAIT_S
+    ):  # two VMs created at once import one base once
         failpoint("create:base-locked")
         if is_complete(hv, name, Header.QCOW2):
             log.debug("base %s is already in pool %s", name, hv.storage.name)
