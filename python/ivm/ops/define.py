@@ -9,6 +9,7 @@ from pathlib import Path
 from lxml import etree
 
 import ivm
+from ivm.disks import boot_base
 from ivm.domain_xml import DomainSpec, Metadata, covers, domain_element, domain_xml, read_metadata
 from ivm.errors import ToolError
 from ivm.host import virt_type
@@ -16,7 +17,7 @@ from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
 from ivm.hypervisor.security import dac_label, has_dac
 from ivm.identity.source import machine_dir, read_machine_id
-from ivm.ops.provision import boot_base, resolve_image, vm_identity
+from ivm.ops.provision import resolve_image, vm_identity
 from ivm.ops.session import VmSession
 
 log = logging.getLogger("ivm.define")
@@ -154,7 +155,7 @@ def define(s: VmSession, base_hash: str | None = None) -> DefineResult:
 def render_xml(s: VmSession, image: Path | None) -> str:
     """The XML `define` would use, writing nothing. Before `create`, the base comes from the image;
     without a machine-id yet, the UUID and MAC (derived from it) are left out and a comment says so."""
-    base = boot_base(s.hv, s.volumes.boot) or resolve_image(s, image).hash
+    base = boot_base(s.hv, s.volumes.boot) or resolve_image(s.settings, s.machine, image).hash
     spec = desired_spec(s, base, preview=True)
     text = domain_xml(spec)
     if spec.machine_id is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ivm.config import Settings
+from ivm.disks import boot_base
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
@@ -18,7 +19,6 @@ from ivm.hypervisor.ownership import find_drift
 from ivm.hypervisor.security import static_uid
 from ivm.image import image_file, inspect, nix_out_path, store_hash
 from ivm.names import check_vm_name
-from ivm.ops.provision import boot_base
 from ivm.ops.session import Hypervisor, open_hypervisor
 from ivm.volumes import base_volume, vm_volumes
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ivm.config import Settings
+from ivm.disks import HEADER, ProgressFactory, identity_digest, import_base, make_overlay, write_identity_disk
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
@@ -28,21 +29,12 @@ from ivm.hypervisor.domains import (
     set_health_pending,
     set_restart_pending,
 )
-from ivm.identity.disk import digest_in_superblock
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
 from ivm.ops import snapshots as var_snapshots
 from ivm.ops.define import created_base, define
 from ivm.ops.health import wait_healthy
-from ivm.ops.provision import (
-    HEADER,
-    ProgressFactory,
-    import_base,
-    make_overlay,
-    resolve_image,
-    vm_identity,
-    write_identity_disk,
-)
+from ivm.ops.provision import resolve_image, vm_identity
 from ivm.ops.session import VmSession
 from ivm.ops.workers import Outcome, for_each_vm
 from ivm.volumes import base_volume
@@ -93,7 +85,7 @@ def move_to_base(
     current = created_base(s)
     hv, vols = s.hv, s.volumes
     meta = read_metadata(hv.domains.xml(dom))
-    disk_digest = digest_in_superblock(hv.storage.head(vols.identity, HEADER))
+    disk_digest = identity_digest(hv.storage.head(vols.identity, HEADER))
     pending = restart_pending(dom)
     identity_stale = disk_digest != identity.digest
     if current == target and not identity_stale and meta is not None and meta.base == target and not pending:
@@ -304,7 +296,7 @@ class Builds:
         with self.guard:  # builds run one at a time: nix parallelises inside one build anyway
             if key not in self.done:
                 try:
-                    self.done[key] = resolve_image(s, self.image)
+                    self.done[key] = resolve_image(s.settings, s.machine, self.image)
                 except ToolError as e:
                     self.done[key] = e
             built = self.done[key]
