@@ -15,10 +15,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
+from ivm.hypervisor.host import Hypervisor
 from ivm.hypervisor.storage import Progress, shares_files
 from ivm.hypervisor.uri import parse_uri, secret_notice
 from ivm.identity.disk import build_identity_disk, digest_in_superblock
@@ -27,9 +27,6 @@ from ivm.image import QCOW2_MAGIC, BaseImage, as_qcow2, external_reference, priv
 from ivm.lock import resource_lock
 from ivm.storage_xml import volume_xml
 from ivm.volumes import base_hash_of, base_volume
-
-if TYPE_CHECKING:
-    from ivm.ops.session import Hypervisor
 
 log = logging.getLogger("ivm.disks")
 GIB = 1024**3

@@ -9,13 +9,14 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
+from ivm.hypervisor.handles import DomainHandle
 from ivm.poll import Deadline, poll
 
 log = logging.getLogger("ivm.agent")
 CALL_TIMEOUT_S = 5  # one agent call; a guest still booting has no agent yet and fails at once
 
 
-def _call(dom: Any, command: dict[str, Any]) -> Any:
+def _call(dom: DomainHandle, command: dict[str, Any]) -> Any:
     """One agent command's `return` value; None when the agent does not answer (yet)."""
     try:
         reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), CALL_TIMEOUT_S, 0)
@@ -29,12 +30,12 @@ def _call(dom: Any, command: dict[str, Any]) -> Any:
         return None
 
 
-def ping(dom: Any) -> bool:
+def ping(dom: DomainHandle) -> bool:
     """True when the guest agent answers guest-ping."""
     return _call(dom, {"execute": "guest-ping"}) is not None
 
 
-def run_check(dom: Any, argv: tuple[str, ...], deadline: Deadline) -> int | None:
+def run_check(dom: DomainHandle, argv: tuple[str, ...], deadline: Deadline) -> int | None:
     """Run `argv` in the guest (guest-exec: no shell, output not captured); its exit code, or None
     when it could not be started or did not finish by `deadline`."""
     started = _call(dom, {"execute": "guest-exec", "arguments": {"path": argv[0], "arg": list(argv[1:])}})

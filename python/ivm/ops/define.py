@@ -12,10 +12,8 @@ import ivm
 from ivm.disks import boot_base
 from ivm.domain_xml import DomainSpec, Metadata, covers, domain_element, domain_xml, read_metadata
 from ivm.errors import ToolError
-from ivm.host import virt_type
-from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
-from ivm.hypervisor.security import dac_label, has_dac
+from ivm.hypervisor.uri import is_local
 from ivm.identity.source import machine_dir, read_machine_id
 from ivm.ops.provision import resolve_image, vm_identity
 from ivm.ops.session import VmSession
@@ -43,7 +41,7 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
     previous = None
     if current is not None:
         previous = current.base if current.base != base_hash else current.previous_base
-    virt = virt_type(s.hv.conn, s.hv.uri, s.settings.virt_type)
+    virt = s.hv.virt_type(s.settings.virt_type)
     return DomainSpec(
         name=s.name,
         machine=s.machine,
@@ -53,8 +51,8 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
         metadata=Metadata(s.name, base_hash, previous, ivm.__version__),
         virt_type=virt,
         firmware=s.settings.firmware,
-        dac=dac_label(s.hv.conn, s.hv.uri, s.name, virt),
-        boot_seclabel=has_dac(s.hv.conn),
+        dac=s.hv.dac_label(s.name, virt),
+        boot_seclabel=s.hv.has_dac(),
     )
 
 

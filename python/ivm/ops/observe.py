@@ -15,11 +15,12 @@ from ivm.disks import HEADER, Header, has_header, identity_digest, is_complete
 from ivm.domain_xml import DomainSpec, domain_xml, read_metadata
 from ivm.errors import ToolError, UsageError
 from ivm.hypervisor.domains import State, restart_pending
+from ivm.hypervisor.host import Hypervisor
 from ivm.names import check_vm_name
 from ivm.ops.define import desired_spec
 from ivm.ops.plan import Desired, FleetPlan, Observed, Orphan, VmPlan, plan_fleet
 from ivm.ops.provision import vm_identity
-from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
+from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.volumes import base_hash_of, base_volume
 

@@ -8,6 +8,7 @@ from enum import StrEnum
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, require
+from ivm.hypervisor.handles import DomainHandle
 from ivm.hypervisor.ownership import find_drift, repair
 from ivm.hypervisor.security import static_uid
 from ivm.ops.define import created_base
@@ -49,7 +50,7 @@ def start(s: VmSession) -> bool:
     return True
 
 
-def repair_ownership(s: VmSession, dom: object, fatal: bool = True) -> None:
+def repair_ownership(s: VmSession, dom: DomainHandle, fatal: bool = True) -> None:
     """Give drifted read-only disks back to the pool's owner (a local pool only). Before a start a
     failure stops it; after a stop it is only reported (the VM did stop)."""
     drift = find_drift(s.hv.storage, s.hv.uri, s.volumes, static_uid(s.hv.domains.xml(dom)))

@@ -1,31 +1,19 @@
-"""A VM's working context: its machine, its connection, its pool, its domain — and its lock."""
+"""A VM's working context: its machine, its hypervisor (pool and domains), its domain — and its lock."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from ivm.config import Settings
-from ivm.hypervisor.connection import connect
-from ivm.hypervisor.domains import Domains
-from ivm.hypervisor.storage import Storage
+from ivm.hypervisor.handles import DomainHandle
+from ivm.hypervisor.host import Hypervisor, open_host
 from ivm.lock import resource_lock
 from ivm.machines import Machine
 from ivm.names import check_vm_name
 from ivm.privilege import check_uri_for_user
 from ivm.volumes import VmVolumes, vm_volumes
-
-
-@dataclass(frozen=True)
-class Hypervisor:
-    """One open connection with ivm's pool on it."""
-
-    uri: str
-    conn: Any
-    storage: Storage
-    domains: Domains
 
 
 @dataclass(frozen=True)
@@ -39,16 +27,15 @@ class VmSession:
     def volumes(self) -> VmVolumes:
         return vm_volumes(self.name)
 
-    def domain(self) -> Any:
+    def domain(self) -> DomainHandle | None:
         return self.hv.domains.lookup(self.name)
 
 
 @contextmanager
 def open_hypervisor(settings: Settings, uri: str) -> Iterator[Hypervisor]:
     check_uri_for_user(uri)
-    with connect(uri) as conn:
-        storage = Storage(conn, settings.pool, settings.pool_path_for(uri))
-        yield Hypervisor(uri, conn, storage, Domains(conn))
+    with open_host(uri, settings.pool, settings.pool_path_for(uri)) as hv:
+        yield hv
 
 
 @contextmanager

@@ -15,11 +15,12 @@ from ivm.disks import boot_base
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
+from ivm.hypervisor.host import Hypervisor
 from ivm.hypervisor.ownership import find_drift
 from ivm.hypervisor.security import static_uid
 from ivm.image import image_file, inspect, nix_out_path, store_hash
 from ivm.names import check_vm_name
-from ivm.ops.session import Hypervisor, open_hypervisor
+from ivm.ops.session import open_hypervisor
 from ivm.volumes import base_volume, vm_volumes
 
 log = logging.getLogger("ivm.status")

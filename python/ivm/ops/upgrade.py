@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from ivm.config import Settings
 from ivm.disks import HEADER, ProgressFactory, identity_digest, import_base, make_overlay, write_identity_disk
@@ -29,6 +28,7 @@ from ivm.hypervisor.domains import (
     set_health_pending,
     set_restart_pending,
 )
+from ivm.hypervisor.handles import DomainHandle
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
 from ivm.ops import snapshots as var_snapshots
@@ -119,7 +119,7 @@ def move_to_base(
     return UpgradeResult(s.name, current, target, True, identity_stale, was_running, downtime)
 
 
-def _stop(s: VmSession, dom: Any, *, force: bool, timeout: float) -> None:
+def _stop(s: VmSession, dom: DomainHandle, *, force: bool, timeout: float) -> None:
     """Shut the VM down, recording first that it is owed a start."""
     if s.hv.domains.state(dom) is State.SHUT_OFF:
         return
