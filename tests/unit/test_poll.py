@@ -1,6 +1,6 @@
 """The one bounded wait, on a fake clock (nothing sleeps): it returns the first answer, gives up at
 its deadline after one last try there, never sleeps past it, and says how long it has waited. The
-lock's wait for another run and the guest's power-off use it."""
+lock's wait for another run, the guest's power-off and the health gate use it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import fcntl
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from ivm.errors import ToolError
+from ivm.hypervisor import agent
 from ivm.hypervisor.domains import Domains, State
 from ivm.hypervisor.handles import Connection, DomainHandle
 from ivm.lock import resource_lock
+from ivm.ops.health import Health, wait_healthy
+from ivm.ops.session import VmSession
 from ivm.poll import Clock, Deadline, poll
 from ivm.runtime_dir import file_name
 
@@ -168,3 +172,47 @@ def test_a_lock_released_while_waiting_is_taken(rundir: Path) -> None:
         assert 3 <= sum(fake.slept) < 4
     finally:
         os.close(fd)
+
+
+def _health_session(state: State, check: tuple[str, ...] = ()) -> VmSession:
+    """What wait_healthy reads of a session: the domain, its state and the machine's health check."""
+    domains = SimpleNamespace(state=lambda _dom: state)
+    fake = SimpleNamespace(
+        name="web1",
+        domain=object,
+        hv=SimpleNamespace(domains=domains),
+        machine=SimpleNamespace(health_check=check),
+    )
+    return cast(VmSession, fake)
+
+
+def test_health_waits_for_the_agent_until_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(agent, "ping", lambda _dom: False)
+    h = wait_healthy(_health_session(State.RUNNING), 30, clock=fake.clock())
+    assert h == Health(False, "no answer from its guest agent within 30 s")
+    assert sum(fake.slept) == pytest.approx(30)
+
+
+def test_health_stops_waiting_when_the_guest_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(agent, "ping", lambda _dom: False)
+    h = wait_healthy(_health_session(State.SHUT_OFF), 30, clock=fake.clock())
+    assert h == Health(False, "it stopped (shut off) before its guest agent answered")
+    assert fake.slept == []
+
+
+def test_a_failing_health_check_is_retried_within_the_same_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    answers = iter([False, False, True])
+    monkeypatch.setattr(agent, "ping", lambda _dom: next(answers))
+    codes: list[float] = []
+
+    def run_check(_dom: object, _argv: tuple[str, ...], deadline: Deadline) -> int:
+        codes.append(deadline.left())
+        return 1
+
+    monkeypatch.setattr(agent, "run_check", run_check)
+    h = wait_healthy(_health_session(State.RUNNING, ("/bin/check",)), 10, clock=fake.clock())
+    assert h == Health(False, "health check /bin/check exited 1 within 10 s")
+    assert codes[0] == pytest.approx(8) and codes[-1] == 0  # the agent's wait used 2 s of the 10
