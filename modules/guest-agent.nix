@@ -4,6 +4,12 @@
 let
   cfg = config.ivm.guestAgent;
   agent = config.services.qemuGuest;
+  allowed =
+    cfg.allowedCommands
+    ++ lib.optionals cfg.healthCheck [
+      "guest-exec"
+      "guest-exec-status"
+    ];
 in
 {
   options.ivm.guestAgent = {
@@ -31,18 +37,35 @@ in
         "guest-ping"
       ];
     };
+
+    healthCheck = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Also accept guest-exec and guest-exec-status, with which `ivm upgrade` runs the machine's
+        `health_check` in the guest. The flake sets it for each machine whose meta.nix declares one.
+        Anyone who can reach the agent's channel on the host can then run commands as root here.
+      '';
+    };
   };
 
   # The agent is the one nixpkgs' services.qemuGuest runs (nixos/modules/virtualisation/
   # qemu-guest-agent.nix, same on 26.05); only its command line gains the allow list. qemu-ga has
   # --allow-rpcs since QEMU 8.1 (both branches ship QEMU 10 or later).
   config = lib.mkIf agent.enable {
-    systemd.services.qemu-guest-agent.serviceConfig.ExecStart = lib.mkForce (
-      lib.concatStringsSep " " [
-        "${agent.package}/bin/qemu-ga"
-        "--statedir /run/qemu-ga"
-        "--allow-rpcs=${lib.concatStringsSep "," cfg.allowedCommands}"
-      ]
-    );
+    systemd.services.qemu-guest-agent = {
+      serviceConfig.ExecStart = lib.mkForce (
+        lib.concatStringsSep " " [
+          "${agent.package}/bin/qemu-ga"
+          "--statedir /run/qemu-ga"
+          "--allow-rpcs=${lib.concatStringsSep "," allowed}"
+        ]
+      );
+      # The agent answering is the host's health signal after an upgrade, so a guest that refused
+      # its identity disk (modules/identity-import.sh writes the marker only for an imported or
+      # absent one) stays silent: the upgrade sees it unhealthy and rolls it back. A condition, so
+      # the unit is skipped, not failed, and Restart=always does not retry it.
+      unitConfig.ConditionPathExists = [ "${config.ivm.identity.runtimeDirectory}/identity-accepted" ];
+    };
   };
 }

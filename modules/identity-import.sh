@@ -12,11 +12,13 @@
 # is more lenient, the rule says so), then only the known names are copied, root-owned with fixed
 # modes, into a new directory that replaces IDENTITY_DIR in one rename (RENAME_EXCHANGE).
 # A missing disk keeps the previous identity: the VM still boots. A disk that is present but refused
-# keeps the previous machine-id, hostname and host key but removes its authorized keys (fail closed:
-# keys the refused identity may have revoked stop working), and says so on the console.
+# keeps the previous machine-id, hostname and host key but removes its authorized keys and firewall
+# ports (fail closed: keys and ports the refused identity may have revoked stop working), and says so
+# on the console.
 # RUNTIME_DIR gets resolv.conf (the identity's, else DEFAULT_RESOLV_CONF), hosts (BASE_HOSTS plus the
 # identity's extra lines) and identity-status (one line: imported, absent, refused: WHY, failed: WHY),
-# on every path.
+# on every path; identity-accepted only when the identity was imported or absent, so units that must
+# not run on a refused identity (the guest agent, the host's health signal) can require it.
 set -uo pipefail
 export LC_ALL=C
 
@@ -289,10 +291,11 @@ validate() {
 # What happened to the identity this boot, for RUNTIME_DIR/identity-status.
 status="failed: the import did not finish"
 
-# Removes the authorized keys of the kept identity: a refused disk may be the one that revoked them.
-revoke_keys() {
+# Removes the authorized keys and ports of the kept identity: a refused disk may be the one that
+# revoked them.
+revoke_access() {
   local target=$1 name
-  for name in admin_authorized_keys user_authorized_keys; do
+  for name in admin_authorized_keys user_authorized_keys tcp_ports udp_ports; do
     if [[ -e $target/$name || -L $target/$name ]]; then
       rm -f -- "$target/$name" || return 1
     fi
@@ -311,8 +314,14 @@ import_identity() {
   local source=$1 target=$2 device=$3 name staging
   if [[ -n $device && -b $device ]] && ! is_mounted "$source"; then
     status="refused: the identity disk ${device} is attached but could not be mounted"
-    log "identity disk REFUSED: ${device} could not be mounted; keeping ${target} without its authorized keys"
-    revoke_keys "$target" || return 1
+    log "identity disk REFUSED: ${device} could not be mounted; keeping ${target} without its authorized keys and ports"
+    revoke_access "$target" || return 1
+    return 0
+  fi
+  if [[ -n $device && -b $device ]] && [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
+    status="refused: the identity disk ${device} is empty"
+    log "identity disk REFUSED: ${device} is empty; keeping ${target} without its authorized keys and ports"
+    revoke_access "$target" || return 1
     return 0
   fi
   if [[ ! -d $source ]] || [[ -z $(ls -A -- "$source" 2>/dev/null) ]]; then
@@ -323,8 +332,8 @@ import_identity() {
   if ! validate "$source"; then
     status="refused: $problem"
     # On the console too (the unit sends stderr there): the host sees the refusal in the serial log.
-    log "identity disk REFUSED: $problem; keeping ${target} without its authorized keys"
-    revoke_keys "$target" || return 1
+    log "identity disk REFUSED: $problem; keeping ${target} without its authorized keys and ports"
+    revoke_access "$target" || return 1
     return 0
   fi
   # Same file system as the target, so the final rename is atomic.
@@ -389,6 +398,8 @@ main() {
   fi
   local result=0
   source_dir=$1
+  # Only this run may say the identity was accepted.
+  rm -f -- "$3/identity-accepted" || result=1
   trap 'release_source "$source_dir"' EXIT
   if ! import_identity "$1" "$2" "${6:-}"; then
     status="failed: could not write ${2}"
@@ -401,6 +412,9 @@ main() {
     result=1
   fi
   printf '%s\n' "$status" | publish "$3/identity-status" || result=1
+  case $status in
+  imported | absent) printf '%s\n' "$status" | publish "$3/identity-accepted" || result=1 ;;
+  esac
   return "$result"
 }
 

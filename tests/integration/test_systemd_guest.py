@@ -2,7 +2,8 @@
 
 The systemd stand-in (tests/integration/standin_systemd) boots the ivm guest's initrd units, fstab
 and identity import as NixOS evaluates them, with Debian's systemd, kernel and sshd. One VM, made by
-`ivm create/define/start`, serves every claim; it boots twice (first boot, then `ivm upgrade`).
+`ivm create/define/start`, serves every claim; it boots five times: first boot, `ivm upgrade`, then
+with its identity disk detached, with a broken file on it, and `ivm upgrade` again.
 Its NIC is QEMU's user-mode one with restrict=on: the guest has no route out, and SSH reaches it
 through a forward bound to 127.0.0.1.
 """
@@ -19,12 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
 import pytest
 
+from ivm.hypervisor import agent
 from tests.integration.conftest import Fleet, teardown_fleet, vm_name
+from tests.integration.harness.console import ConsoleCapture
 from tests.integration.harness.pool import scratch_pool_dir
 from tests.integration.standin.kernel import StandinError
 from tests.integration.standin_systemd import build_systemd_standin
+from tests.integration.standin_systemd.golden import load as load_golden
 
 # Setup boots the guest under TCG (minutes on a loaded 2-core machine), inside the first test's time.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
@@ -244,3 +249,103 @@ def _var_device(guest: Guest) -> str:
 
 def _created(tune2fs: str) -> str:
     return next(line for line in tune2fs.splitlines() if line.startswith("Filesystem created:"))
+
+
+# --- the identity disk detached, then broken: the failure paths of the import, under real systemd --
+
+
+def _stop(guest: Guest) -> None:
+    guest.fleet.ivm("stop", guest.name, "--timeout", "120", timeout=300)
+
+
+def _agent_answers(guest: Guest) -> bool:
+    conn = guest.fleet.conn()
+    try:
+        return agent.ping(conn.lookupByName(guest.name))
+    finally:
+        conn.close()
+
+
+def _host_key_served(guest: Guest) -> str:
+    """The host key sshd serves through the forward, once it serves one (no login involved)."""
+    deadline = time.monotonic() + SSH_TIMEOUT
+    while time.monotonic() < deadline:
+        r = subprocess.run(
+            ["ssh-keyscan", "-T", "10", "-t", "ed25519", "-p", str(_forward_port(guest)), "127.0.0.1"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        keys = [line.split()[1:3] for line in r.stdout.splitlines() if not line.startswith("#")]
+        if keys:
+            return " ".join(keys[0])
+        time.sleep(5)
+    pytest.fail(f"{guest.name} served no host key within {SSH_TIMEOUT:.0f} s")
+
+
+def test_a_detached_identity_disk_keeps_the_identity(guest: Guest) -> None:
+    """Claim 3, first failure path: no identity disk at all is not a refusal; everything stays."""
+    _stop(guest)
+    conn = guest.fleet.conn()
+    try:
+        dom = conn.lookupByName(guest.name)
+        disk = next(d for d in _disks(dom.XMLDesc(0)) if "<serial>identity</serial>" in d)
+        dom.detachDeviceFlags(disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    finally:
+        conn.close()
+    guest.fleet.ivm("start", guest.name)
+    guest.wait_ssh()
+    assert guest.ssh("cat", "/run/ivm/identity-status").stdout == "absent\n"
+    assert guest.ssh("cat", "/etc/machine-id").stdout.strip() == guest.identity("machine-id").strip()
+    assert guest.ssh("hostname").stdout.strip() == guest.identity("hostname").strip()
+    assert guest.ssh("cat", "/var/identity/tcp_ports").stdout.split() == ["8080", "9090"]
+    # The kept identity's hosts lines still resolve, and resolv.conf is the default (it has none).
+    assert guest.ssh("getent", "hosts", "second-extra").stdout.split()[0] == "192.0.2.11"
+    assert guest.ssh("cat", "/etc/resolv.conf").stdout == load_golden().default_resolv_conf
+    assert guest.ssh("findmnt", "-rno", "TARGET", check=False).stdout.count("identity-disk") == 0
+    assert _agent_answers(guest)
+
+
+def test_a_broken_identity_file_is_refused_and_the_agent_stays_silent(guest: Guest) -> None:
+    """Claim 3, second failure path (the guest's rules refuse what the host wrote): the previous
+    machine-id and host key stay, its keys and ports go, the disk is unmounted, and the agent (the
+    host's health signal) does not start."""
+    _stop(guest)
+    guest.fleet.ivm("define", guest.name)  # attaches the identity disk again
+    served_before = guest.identity("ssh_host_ed25519_key.pub").split()[:2]
+    volume = guest.fleet.volume_path(f"{guest.name}-identity.img")
+    bad = guest.machine_dir.parent / "bad-tcp-ports"
+    bad.write_text("8080\nnot-a-port\n")
+    # In place, so the disk stays the one ivm made (same superblock): only the file breaks a rule.
+    for request in ("rm tcp_ports", f"write {bad} tcp_ports"):
+        subprocess.run(["debugfs", "-w", "-R", request, str(volume)], capture_output=True, check=True)
+    guest.fleet.ivm("start", guest.name)
+    with ConsoleCapture(guest.fleet.uri, guest.name) as console:
+        assert _host_key_served(guest) == " ".join(served_before)
+        seen = "\n".join(console.lines)
+    assert "ivm-identity: identity disk REFUSED: tcp_ports" in seen, seen[-3000:]
+    r = guest.ssh("true", check=False)
+    assert r.returncode == 255 and "Permission denied (publickey)" in r.stderr, r.stderr
+    # sshd is up, so the agent would have been started long ago had the identity been accepted.
+    assert not _agent_answers(guest)
+
+
+def test_a_valid_identity_after_a_refusal_restores_access(guest: Guest) -> None:
+    """`ivm upgrade` rebuilds the identity disk from machines/; the guest accepts it, its agent
+    answers the health gate, and the refused boot's journal shows it kept the machine-id."""
+    guest.fleet.ivm(
+        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "120",
+        "--health-timeout", str(SSH_TIMEOUT), timeout=int(SSH_TIMEOUT) + 600,
+    )  # fmt: skip
+    guest.wait_ssh()
+    assert guest.ssh("cat", "/run/ivm/identity-status").stdout == "imported\n"
+    assert guest.ssh("cat", "/var/identity/tcp_ports").stdout.split() == ["8080", "9090"]
+    refused_boot = guest.ssh("sudo", "journalctl", "-b", "-1", "-o", "cat", "--no-pager").stdout
+    assert "identity disk REFUSED: tcp_ports" in refused_boot, refused_boot
+    ids = guest.ssh("sudo", "journalctl", "-b", "-1", "-n", "1", "-o", "export", "--no-pager").stdout
+    assert f"_MACHINE_ID={guest.identity('machine-id').strip()}" in ids.splitlines()
+    assert _agent_answers(guest)
+
+
+def _disks(domain_xml: str) -> list[str]:
+    from lxml import etree
+
+    return [etree.tostring(d, encoding="unicode") for d in etree.fromstring(domain_xml).iter("disk")]

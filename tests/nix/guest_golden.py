@@ -44,6 +44,7 @@ in {
   "initrd/ivm-var-layout.service" = initrdUnit "ivm-var-layout.service";
   "initrd/fstab" = fstab.source.text;
   "sshd.service" = unit "sshd.service";
+  "qemu-guest-agent.service" = unit "qemu-guest-agent.service";
   "ivm-firewall-ports.service" = unit "ivm-firewall-ports.service";
   "journald.conf" = cfg.environment.etc."systemd/journald.conf".text;
   "nftables.nft" = rules.text;

@@ -85,6 +85,12 @@ in {
   guestAgent = {
     enable = cfg.services.qemuGuest.enable;
     execStart = cfg.systemd.services.qemu-guest-agent.serviceConfig.ExecStart;
+    condition = cfg.systemd.services.qemu-guest-agent.unitConfig.ConditionPathExists or null;
+    identityRuntime = cfg.ivm.identity.runtimeDirectory;
+    withHealthCheck = let
+      forced = { ivm.guestAgent.healthCheck = c.pkgs.lib.mkForce true; };
+      agentUnit = (c.extendModules { modules = [ forced ]; }).config.systemd.services.qemu-guest-agent;
+    in agentUnit.serviceConfig.ExecStart;
   };
   webServer = cfg.services.static-web-server.enable;
 }) cs
@@ -244,6 +250,26 @@ def test_the_guest_agent_allows_only_what_ivm_and_libvirt_use(guest: Mapping[str
         "guest-shutdown",
         "guest-get-osinfo",
     }
+
+
+def test_a_health_check_adds_guest_exec_and_nothing_else(guest: Mapping[str, Any]) -> None:
+    def allowed(exec_start: str) -> set[str]:
+        found = re.search(r"--allow-rpcs=(\S+)", exec_start)
+        assert found, exec_start
+        return set(found.group(1).split(","))
+
+    agent = guest["guestAgent"]
+    assert allowed(agent["withHealthCheck"]) - allowed(agent["execStart"]) == {
+        "guest-exec",
+        "guest-exec-status",
+    }
+    assert allowed(agent["execStart"]) <= allowed(agent["withHealthCheck"])
+
+
+def test_the_guest_agent_runs_only_on_an_accepted_identity(guest: Mapping[str, Any]) -> None:
+    # modules/identity-import.sh writes this marker only for an imported or absent identity.
+    agent = guest["guestAgent"]
+    assert agent["condition"] == [f"{agent['identityRuntime']}/identity-accepted"]
 
 
 def test_machine_id_and_hostname_placeholders_are_empty(guest: Mapping[str, Any]) -> None:

@@ -29,6 +29,8 @@ IMPORT = REPO / "modules" / "identity-import.sh"
 PORTS = REPO / "modules" / "firewall-ports.sh"
 REQUIRED = ("machine-id", "hostname", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
 KEYS = ("admin_authorized_keys", "user_authorized_keys")
+# What a refused identity disk costs the kept identity: its keys and its open ports (fail closed).
+REVOKED = (*KEYS, "tcp_ports", "udp_ports")
 BASE_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 DEFAULT_RESOLV = "nameserver 127.0.0.53\n"
 
@@ -124,7 +126,7 @@ class Guest:
         assert proc.returncode == expect, proc.stderr
         return proc
 
-    def boot_mounted(self, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    def boot_mounted(self, expect: int = 0, device: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Boots with the disk's files on a tmpfs mounted at the mount point, as the unit mounts the disk.
 
         The mount lives in a private mount namespace, so nothing outlives the test; the namespace
@@ -134,7 +136,7 @@ class Guest:
         script = (
             f"mount -t tmpfs -o size=1m,mode=0755 ivm-test-identity {mnt} || exit 99\n"
             f"cp -a -- {shlex.quote(str(self.disk))}/. {mnt}/ || exit 99\n"
-            f"bash {shlex.quote(str(IMPORT))} {shlex.join(self.args(self.mount_point))}\n"
+            f"bash {shlex.quote(str(IMPORT))} {shlex.join(self.args(self.mount_point, device))}\n"
             "rc=$?\n"
             f"if mountpoint -q {mnt}; then echo 'TEST: STILL MOUNTED' >&2; umount {mnt}; fi\n"
             "exit $rc\n"
@@ -155,6 +157,10 @@ class Guest:
 
     def status(self) -> str:
         return (self.run_dir / "identity-status").read_text()
+
+    def accepted(self) -> bool:
+        """The marker the guest agent's unit requires: only an imported or absent identity sets it."""
+        return (self.run_dir / "identity-accepted").is_file()
 
 
 @pytest.fixture
@@ -195,6 +201,7 @@ def test_complete_identity_is_imported_root_owned_with_fixed_modes(
         data = identity[path.name]
         assert path.read_bytes() == (data.encode() if isinstance(data, str) else data)
     assert "imported 10 files" in proc.stderr
+    assert guest.status() == "imported\n" and guest.accepted()
 
 
 def test_only_known_names_are_copied(guest: Guest, identity: dict[str, bytes | str]) -> None:
@@ -257,8 +264,9 @@ def test_an_invalid_identity_keeps_the_previous_one(
     assert "identity disk REFUSED" in proc.stderr
     assert reason in proc.stderr
     # Fail closed: the refused disk may have revoked keys, so the old ones stop working too.
-    assert guest.imported() == {k: v for k, v in before.items() if k not in KEYS}
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: ") and reason in guest.status()
+    assert not guest.accepted()
 
 
 def test_a_missing_required_file_keeps_the_previous_identity(
@@ -269,7 +277,7 @@ def test_a_missing_required_file_keeps_the_previous_identity(
     (guest.disk / "ssh_host_ed25519_key").unlink()
     proc = guest.boot()
     assert "ssh_host_ed25519_key is missing" in proc.stderr
-    assert set(guest.imported()) == set(identity) - set(KEYS)
+    assert set(guest.imported()) == set(identity) - set(REVOKED)
 
 
 def test_a_symlink_on_the_disk_is_refused(guest: Guest, identity: dict[str, bytes | str]) -> None:
@@ -304,8 +312,9 @@ def test_an_attached_disk_that_did_not_mount_revokes_the_keys(
     os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
     proc = guest.boot(device=device)
     assert "could not be mounted" in proc.stderr
-    assert guest.imported() == {k: v for k, v in before.items() if k not in KEYS}
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: the identity disk")
+    assert not guest.accepted()
     assert (guest.run_dir / "hosts").exists()
 
 
@@ -318,7 +327,7 @@ def test_no_attached_disk_keeps_the_keys(
     proc = guest.boot(device=tmp_path / "no-such-device")
     assert "no identity disk" in proc.stderr
     assert set(guest.imported()) == set(identity)
-    assert guest.status() == "absent\n"
+    assert guest.status() == "absent\n" and guest.accepted()
 
 
 def test_first_boot_without_disk_still_prepares_resolv_conf_and_hosts(guest: Guest) -> None:
@@ -422,10 +431,30 @@ def test_a_broken_file_keeps_the_previous_identity_without_its_keys(
     assert_after_boot(guest, proc)
     assert "identity disk REFUSED: hosts" in proc.stderr
     kept = guest.imported()
-    assert kept == {k: v for k, v in before.items() if k not in KEYS}
+    assert kept == {k: v for k, v in before.items() if k not in REVOKED}
     assert guest.status().startswith("refused: hosts ")
     # The extra hosts lines of the kept identity still reach /etc/hosts.
     assert (guest.run_dir / "hosts").read_text().endswith(str(identity["hosts"]))
+
+
+@pytest.mark.usefixtures("unshare")
+def test_an_attached_disk_that_mounts_empty_is_refused(
+    guest: Guest, identity: dict[str, bytes | str], tmp_path: Path
+) -> None:
+    """ivm never makes an empty identity disk: one attached empty is a refusal, not a missing disk."""
+    if os.geteuid() != 0:
+        pytest.skip("making a block device node needs root")
+    guest.write(identity)
+    guest.boot_mounted()
+    before = guest.imported()
+    guest.clear_disk()
+    device = tmp_path / "virtio-identity"
+    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
+    proc = guest.boot_mounted(device=device)
+    assert_after_boot(guest, proc)
+    assert "is empty" in proc.stderr
+    assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
+    assert guest.status().startswith("refused: the identity disk") and not guest.accepted()
 
 
 @pytest.mark.usefixtures("unshare")
@@ -439,6 +468,7 @@ def test_a_failed_write_still_unmounts_and_writes_hosts(
     assert_after_boot(guest, proc)
     assert "failed to write" in proc.stderr
     assert guest.status().startswith("failed: ")
+    assert not guest.accepted()
 
 
 def test_a_missing_default_resolv_conf_does_not_cost_the_hosts_file(guest: Guest) -> None:

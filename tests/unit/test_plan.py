@@ -10,9 +10,11 @@ import pytest
 from lxml import etree
 
 from ivm.domain_xml import Metadata, domain_element, domain_xml
+from ivm.errors import UsageError
 from ivm.machines import Network, NetworkType
 from ivm.ops.define import differences
 from ivm.ops.plan import Action, Desired, FleetPlan, Observed, Orphan, PlanExit, VmPlan, plan_fleet, plan_vm
+from ivm.ops.session import check_network_reachable
 from ivm.volumes import vm_volumes
 from tests.unit.test_domain_xml import machine, one, spec
 
@@ -144,3 +146,16 @@ def test_created_not_defined_and_behind_is_defined_then_upgraded() -> None:
     p = plan_vm(replace(d, base=NEW, domain_xml=xml(NEW)), replace(o, domain_xml=None, running=False))
     assert p.actions == (Action.IMPORT_BASE, Action.DEFINE, Action.UPGRADE, Action.START)
     assert not p.restart
+
+
+def test_a_user_mode_nic_is_refused_on_a_remote_hypervisor_only() -> None:
+    user = machine(network=Network(NetworkType.USER))
+    check_network_reachable("web1", user, "qemu:///system")
+    check_network_reachable("web1", user, "qemu:///session")
+    with pytest.raises(
+        UsageError, match=r"web1 has a user-mode NIC .* qemu\+ssh://h2/system is another host"
+    ):
+        check_network_reachable("web1", user, "qemu+ssh://h2/system")
+    check_network_reachable(
+        "web1", machine(network=Network(NetworkType.BRIDGE, "br0")), "qemu+ssh://h2/system"
+    )

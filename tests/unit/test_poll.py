@@ -18,7 +18,7 @@ from ivm.hypervisor import agent
 from ivm.hypervisor.domains import Domains, State
 from ivm.hypervisor.handles import Connection, DomainHandle
 from ivm.lock import resource_lock
-from ivm.ops.health import Health, wait_healthy
+from ivm.ops.health import SILENT_AGENT, Health, wait_healthy
 from ivm.ops.session import VmSession
 from ivm.poll import Clock, Deadline, poll
 from ivm.runtime_dir import file_name
@@ -190,7 +190,7 @@ def test_health_waits_for_the_agent_until_its_deadline(monkeypatch: pytest.Monke
     fake = FakeClock()
     monkeypatch.setattr(agent, "ping", lambda _dom: False)
     h = wait_healthy(_health_session(State.RUNNING), 30, clock=fake.clock())
-    assert h == Health(False, "no answer from its guest agent within 30 s")
+    assert h == Health(False, f"no answer from its guest agent within 30 s{SILENT_AGENT}")
     assert sum(fake.slept) == pytest.approx(30)
 
 

@@ -16,7 +16,7 @@ from ivm.hypervisor.domains import State
 from ivm.hypervisor.uri import is_local
 from ivm.identity.source import machine_dir, read_machine_id
 from ivm.ops.provision import resolve_image, vm_identity
-from ivm.ops.session import VmSession
+from ivm.ops.session import VmSession, check_network_reachable
 
 log = logging.getLogger("ivm.define")
 
@@ -32,6 +32,7 @@ class DefineResult:
 def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainSpec:
     """The domain for this VM on `base_hash`, keeping the previous base for rollback. A preview
     reads only the machine-id (if there is one yet) and generates nothing."""
+    check_network_reachable(s.name, s.machine, s.hv.uri)
     if preview:
         machine_id = read_machine_id(machine_dir(s.settings.project_root, s.name))
     else:

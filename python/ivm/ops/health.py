@@ -2,6 +2,9 @@
 the QEMU guest agent answering on its virtio-serial channel, then, if the machine declares one in
 meta.nix (`health_check`), that command exiting 0, run in the guest by the agent (guest-exec).
 
+A guest that refused its new identity disk (a file breaks the image's rules) keeps its agent stopped,
+so the VM counts as unhealthy: its old firewall ports and host key must not pass for the new ones.
+
 The check runs inside the guest it judges, as the agent's user (root), never on the host: it can do
 nothing a machine's own configuration could not already do, and its output is neither read nor
 logged. Its exit code is the only thing the host learns.
@@ -15,6 +18,9 @@ from ivm.hypervisor import agent
 from ivm.hypervisor.domains import State, require
 from ivm.ops.session import VmSession
 from ivm.poll import SYSTEM, Clock, Deadline, poll
+
+# The guest keeps its agent stopped when it refused its identity disk (modules/guest-agent.nix).
+SILENT_AGENT = " (it is also silent when the guest refused its identity disk)"
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def wait_healthy(s: VmSession, timeout: float, clock: Clock = SYSTEM) -> Health:
 
     answered = poll(agent_answers, deadline, interval=1, what=f"{s.name}'s guest agent")
     if answered is None:
-        return Health(False, f"no answer from its guest agent within {timeout:g} s")
+        return Health(False, f"no answer from its guest agent within {timeout:g} s{SILENT_AGENT}")
     check = s.machine.health_check
     if not answered.ok or not check:
         return answered

@@ -26,7 +26,7 @@ from ivm.identity.clashes import check_clashes, check_machine_id_on_hypervisor, 
 from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
 from ivm.image import BaseImage, image_file, inspect, nix_build
 from ivm.machines import Machine
-from ivm.ops.session import VmSession
+from ivm.ops.session import VmSession, check_network_reachable
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def checked(s: VmSession, identity: Identity) -> Identity:
 
 
 def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = None) -> CreateResult:
+    check_network_reachable(s.name, s.machine, s.hv.uri)  # before anything is made, for `up`
     vols = s.volumes
     directory = machine_dir(s.settings.project_root, s.name)
     generated = tuple(generate_missing(directory, s.name))

@@ -7,10 +7,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ivm.config import Settings
+from ivm.errors import UsageError
 from ivm.hypervisor.handles import DomainHandle
 from ivm.hypervisor.host import Hypervisor, open_host
+from ivm.hypervisor.uri import is_local
 from ivm.lock import resource_lock
-from ivm.machines import Machine
+from ivm.machines import Machine, NetworkType
 from ivm.names import check_vm_name
 from ivm.privilege import check_uri_for_user
 from ivm.volumes import VmVolumes, vm_volumes
@@ -29,6 +31,18 @@ class VmSession:
 
     def domain(self) -> DomainHandle | None:
         return self.hv.domains.lookup(self.name)
+
+
+def check_network_reachable(name: str, machine: Machine, uri: str) -> None:
+    """A user-mode NIC's forwards listen on the hypervisor's own 127.0.0.1: on a remote hypervisor
+    nothing on this machine (`ivm ssh` included) can reach them."""
+    if machine.network.type is NetworkType.USER and not is_local(uri):
+        raise UsageError(
+            f'{name} has a user-mode NIC (network.type = "user"), whose forwards listen on the '
+            f"hypervisor's own 127.0.0.1, and {uri} is another host",
+            f'give machines/{name}/meta.nix network.type = "network" or "bridge" for a remote hypervisor, '
+            "or run it on a local URI",
+        )
 
 
 @contextmanager

@@ -61,6 +61,7 @@ class GuestGolden:
     """The golden texts, read from the repository."""
 
     units: dict[str, str]  # initrd unit name -> unit file text
+    agent_conditions: tuple[str, ...]  # the guest agent unit's Condition…= lines
     fstab: str
     journald_conf: str
     sshd_settings: dict[str, str]  # setting -> value, as sshd_config writes it
@@ -90,9 +91,14 @@ def _sshd_settings(config: str) -> dict[str, str]:
     return found
 
 
+def _conditions(unit: str) -> tuple[str, ...]:
+    return tuple(line for line in unit.splitlines() if line.startswith("Condition"))
+
+
 def load() -> GuestGolden:
     return GuestGolden(
         units={name: path.read_text() for name, path in UNITS.items()},
+        agent_conditions=_conditions((GUEST / "qemu-guest-agent.service").read_text()),
         fstab=(GUEST / "initrd" / "fstab").read_text(),
         journald_conf=(GUEST / "journald.conf").read_text(),
         sshd_settings=_sshd_settings((GUEST / "sshd_config").read_text()),

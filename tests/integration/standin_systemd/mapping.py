@@ -63,6 +63,11 @@ MAPPINGS = (
         "an emulated (TCG) boot on a loaded 2-core machine finds its disks after more than 90 s",
     ),
     Mapping(
+        "the guest agent's unit: qemu-ga --allow-rpcs (nixos/modules/virtualisation/qemu-guest-agent.nix)",
+        "Debian's qemu-guest-agent unit with the golden unit's Condition…= lines as a drop-in",
+        "Debian 12's qemu-ga (QEMU 7.2) has no --allow-rpcs; the condition is what gates the health signal",
+    ),
+    Mapping(
         "LOCALE_ARCHIVE and TZDIR store paths in the units' Environment=",
         "kept as they are, naming paths absent in the stand-in",
         "the importer sets LC_ALL=C and reads no time zone",

@@ -154,6 +154,13 @@ def shape_root(root: Path, golden: GuestGolden, kernel_modules: Path, version: s
         "/etc/systemd/system/ssh.service.d/ivm.conf",
         f"[Unit]\nConditionPathExists={sshd['HostKey'].splitlines()[0]}\n",
     )
+    # modules/guest-agent.nix: the agent answers only on an accepted identity. Debian's own unit and
+    # qemu-ga run it (Debian 12's qemu-ga predates --allow-rpcs); the guest's conditions come on top.
+    _write(
+        root,
+        "/etc/systemd/system/qemu-guest-agent.service.d/ivm.conf",
+        "[Unit]\n" + "".join(f"{line}\n" for line in golden.agent_conditions),
+    )
     _write(root, "/etc/systemd/journald.conf.d/ivm.conf", golden.journald_conf)
     for unit in MASKED:
         _mask(root, unit)
