@@ -28,6 +28,8 @@
       nixosModules = {
         default = ./modules;
         web = ./modules/roles/web.nix;
+        # A NixOS hypervisor running this flake's machines (services.ivm).
+        host = import ./host { inherit self; };
       };
 
       nixosConfigurations = import ./nix/nixos-configurations.nix { inherit self nixpkgs; };

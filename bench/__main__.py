@@ -39,10 +39,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fleet-max", type=int, default=500, help="VMs in the large fleet (default 500; fleet500 case)"
     )
+    parser.add_argument(
+        "--rollout-runs",
+        type=int,
+        default=None,
+        help="runs of the rollout case (default --runs; one run upgrades 22 VMs, each a TCG boot)",
+    )
+    parser.add_argument(
+        "--rollout-vms",
+        type=int,
+        default=10,
+        help="running VMs the rollout case upgrades (default 10; 0 leaves the upgrades out)",
+    )
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(args.only) - set(CASES))
-    if unknown or args.runs < 1:
+    if unknown or args.runs < 1 or (args.rollout_runs is not None and args.rollout_runs < 1):
         parser.error(f"unknown case(s) {', '.join(unknown)}" if unknown else "--runs must be at least 1")
     args.fleet_sizes = tuple(int(n) for n in args.fleet_sizes.split(","))
     return args
@@ -64,6 +76,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         upgrade,
     )
     from bench.lab import Lab  # noqa: PLC0415
+    from bench.stats import Figure  # noqa: PLC0415
 
     table: dict[str, Callable[[Lab], dict[str, Any]]] = {
         "startup": lambda lab: startup.run(lab, args.runs),
@@ -74,7 +87,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         "up": lambda lab: up.run(lab, args.runs),
         "boot": lambda lab: boot.run(lab, args.runs),
         "upgrade": lambda lab: upgrade.run(lab, args.runs),
-        "rollout": lambda lab: rollout.run(lab, args.runs),
+        "rollout": lambda lab: rollout.run(lab, args.rollout_runs or args.runs, args.rollout_vms),
         "profile": lambda lab: profile.run(lab, args.runs),
     }
     started = time.monotonic()
@@ -82,24 +95,32 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     cases: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     load: dict[str, list[float]] = {}
-    with Lab() as lab:
+    during: dict[str, Figure] = {}
+    with Lab() as lab, host.LoadSampler() as sampler:
         say(f"pool {lab.pool} in {lab.scratch}, {args.runs} runs per figure")
         machine = host.describe(lab.conn, lab.scratch)
         for name in [c for c in CASES if c in args.only]:
             say(f"{name} ...")
             t, load_before = time.monotonic(), os.getloadavg()[0]
+            mark = sampler.mark()
             cases[name] = table[name](lab)
             seconds[name] = time.monotonic() - t
             # Other work on the machine shows here: the figures are only comparable side by side.
             load[name] = [load_before, os.getloadavg()[0]]
-            say(f"{name} done in {seconds[name]:.0f} s (load {load[name][0]:.1f} -> {load[name][1]:.1f})")
+            during[name] = Figure.of([*sampler.since(mark), load[name][1]], "load")
+            say(
+                f"{name} done in {seconds[name]:.0f} s (load {load[name][0]:.1f} -> {load[name][1]:.1f}, "
+                f"{during[name].low:.1f}-{during[name].high:.1f} during)"
+            )
     return {
         "date": now.date().isoformat(),
         "started": now.isoformat(timespec="seconds"),
         "duration_s": time.monotonic() - started,
         "case_seconds": seconds,
         "load_average_1min": load,
+        "load_average_1min_during": during,
         "runs": args.runs,
+        "rollout_runs": args.rollout_runs or args.runs,
         "machine": machine,
         "cases": cases,
     }
@@ -114,6 +135,8 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     written = []
     if "fleet" in results["cases"] or "fleet500" in results["cases"]:
         written.append(plot.fleet_plot(results, stem.with_name(f"{results['date']}-fleet.png")))
+    if "rollout" in results["cases"]:
+        written.append(plot.rollout_plot(results, stem.with_name(f"{results['date']}-rollout.png")))
     md = stem.with_suffix(".md")
     md.write_text(report.markdown(results))
     js = stem.with_suffix(".json")

@@ -6,7 +6,9 @@ import os
 import platform
 import re
 import subprocess
+import threading
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from tests.integration.harness.daemon import virt_type
@@ -53,3 +55,33 @@ def describe(conn: Any, pool_path: Path) -> dict[str, Any]:
         "pool_filesystem": df[-1] if df else "",
         "ivm_commit": _out("git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"),
     }
+
+
+class LoadSampler:
+    """The 1-minute load average every `every` seconds in a background thread, while in use."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def mark(self) -> int:
+        return len(self.samples)
+
+    def since(self, mark: int) -> list[float]:
+        return self.samples[mark:]
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -24,7 +24,14 @@ def fmt(fig: Figure, digits: int = 2) -> str:
     """`median (min-max) unit`; bytes shown in MiB."""
     if fig.unit == "B":
         return f"{fig.median / MIB:.2f} MiB ({fig.low / MIB:.2f}-{fig.high / MIB:.2f})"
+    if fig.unit == "x":
+        return ratio_fmt(fig)
     return f"{fig.median:.{digits}f} s ({fig.low:.{digits}f}-{fig.high:.{digits}f})"
+
+
+def ratio_fmt(fig: Figure) -> str:
+    """`median x (min-max)` of a ratio taken run by run."""
+    return f"{fig.median:.2f}x ({fig.low:.2f}-{fig.high:.2f})"
 
 
 def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
@@ -54,6 +61,14 @@ def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
         )
         size = max(row["bytes_per_vm"].median for row in f["rows"])
         add("fleet: on disk per VM", "< 2 MiB (base counted once)", f"{size / MIB:.2f} MiB", size < 2 * MIB)
+        if "one_command_ratio" in (top := f["rows"][-1]):
+            r = top["one_command_ratio"].median
+            add(
+                f"{top['vms']} VMs by one `create` + one `define` vs {top['vms']} of each",
+                "≤ 0.33x",
+                f"{r:.2f}x",
+                r <= 1 / 3,
+            )
     if i := cases.get("import"):
         add(
             "base import vs cp --sparse=always (image seen before)",
@@ -80,6 +95,27 @@ def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
         add("`ivm up` vs `virt-install --import`", "≤ 0.5x", f"{u['ratio']:.2f}x", u["ratio"] <= 0.5)
     if b := cases.get("boot"):
         add("boot to done: ivm start vs plain QEMU", "≤ 1.1x", f"{b['ratio']:.2f}x", b["ratio"] <= 1.1)
+    if ro := cases.get("rollout"):
+        found += _rollout_targets(ro)
+    return found
+
+
+def _rollout_targets(ro: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    if "upgrade_parallel_over_one" in ro:
+        r = ro["upgrade_parallel_over_one"].median
+        found.append(
+            {
+                "name": f"`upgrade` of {ro['vms']} running VMs, `--jobs {ro['vms']}`, vs one VM's",
+                "target": "≤ 1.5x",
+                "measured": f"{r:.2f}x",
+                "met": r <= 1.5,
+            }
+        )
+    t = ro["plan"].median
+    found.append(
+        {"name": f"`plan` of {ro['plan_vms']} VMs", "target": "< 2 s", "measured": f"{t:.2f} s", "met": t < 2}
+    )
     return found
 
 
@@ -167,27 +203,66 @@ def _main_rows(cases: dict[str, Any]) -> list[str]:
             _row(f"upgrade {u['vms']} running VMs: downtime per VM", fmt(u["downtime_per_vm"]), "", "")
         )
         rows.append(_row(f"{sub}the whole `ivm upgrade` of {u['vms']}", fmt(u["upgrade_command"]), "", ""))
+    if (ro := cases.get("rollout")) and "upgrade_all_parallel" in ro:
+        n = ro["vms"]
+        rows.append(
+            _row(
+                f"health-gated `upgrade` of {n} running VMs, `--jobs {n}`",
+                f"`ivm upgrade` {fmt(ro['upgrade_all_parallel'])}",
+                f"one VM's `ivm upgrade` {fmt(ro['upgrade_one_vm'])}",
+                ratio_fmt(ro["upgrade_parallel_over_one"]),
+            )
+        )
+        rows.append(
+            _row(
+                f"{sub}the same {n}, `--jobs 1`",
+                f"`ivm upgrade` {fmt(ro['upgrade_all_sequential'])}",
+                "",
+                ratio_fmt(ro["upgrade_sequential_over_one"]) if "upgrade_sequential_over_one" in ro else "",
+            )
+        )
+    if ro := cases.get("rollout"):
+        rows.append(_row(f"`ivm plan` of {ro['plan_vms']} converged VMs", fmt(ro["plan"]), "", ""))
+        mib = ro["snapshot_data_mib"]
+        rows.append(
+            _row(
+                f"/var snapshot, var disk holding {mib} MiB (VM stopped)",
+                f"internal qcow2 snapshot {fmt(ro['snapshot_internal'])}, "
+                f"{fmt(ro['snapshot_internal_bytes'])} more on disk",
+                f"volume clone {fmt(ro['snapshot_clone'])}, {fmt(ro['snapshot_clone_bytes'])} on disk",
+                f"{ro['snapshot_internal'].median / ro['snapshot_clone'].median:.2f}x",
+            )
+        )
     return rows
 
 
 def _fleet_rows(f: dict[str, Any]) -> list[str]:
     head = (
         "VMs",
-        "create + define, total",
+        "`create` + `define` per VM: total",
         "per VM",
-        "on disk per VM (base apart)",
-        "pool / VMs (base once)",
+        "one `create NAME...` + one `define NAME...`: total",
+        "per VM",
+        "ratio",
     )
-    rows = [_row(*head, "pool rescan after"), "|---|---|---|---|---|---|"]
+    rows = [_row(*head), "|---|---|---|---|---|---|"]
     for r in f["rows"]:
+        if "one_command_total" not in r:
+            continue
         cells = (
             fmt(r["total"]),
             fmt(r["per_vm"], 3),
-            fmt(r["bytes_per_vm"]),
-            fmt(r["pool_bytes_per_vm"]),
-            fmt(r["pool_refresh"], 3),
+            fmt(r["one_command_total"]),
+            fmt(r["one_command_per_vm"], 3),
+            ratio_fmt(r["one_command_ratio"]),
         )
         rows.append(_row(str(r["vms"]), *cells))
+    rows = rows if len(rows) > 2 else []
+    disk_head = ("VMs", "on disk per VM (base apart)", "pool / VMs (base once)", "pool rescan after")
+    rows += ["", _row(*disk_head), "|---|---|---|---|"] if rows else [_row(*disk_head), "|---|---|---|---|"]
+    for r in f["rows"]:
+        disk = (fmt(r["bytes_per_vm"]), fmt(r["pool_bytes_per_vm"]), fmt(r["pool_refresh"], 3))
+        rows.append(_row(str(r["vms"]), *disk))
     rows += [
         "",
         f"One `ivm create`: {fmt(f['ivm_create'], 3)}; one `ivm define`: {fmt(f['ivm_define'], 3)}; "
@@ -216,14 +291,44 @@ def _fleet500_rows(big: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _rollout_runs(results: dict[str, Any]) -> str:
+    runs = results.get("rollout_runs", results["runs"])
+    return (
+        f" ({runs} for the rollout case)" if "rollout" in results["cases"] and runs != results["runs"] else ""
+    )
+
+
+def revive(value: Any) -> Any:
+    """Results read back from their JSON, with every figure a Figure again (to render them anew)."""
+    if isinstance(value, dict):
+        if "samples" in value and "unit" in value:
+            return Figure.of(value["samples"], value["unit"])
+        return {k: revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revive(v) for v in value]
+    return value
+
+
+def _load_line(results: dict[str, Any]) -> list[str]:
+    during = results.get("load_average_1min_during")
+    if not during:
+        return []
+    cases = ", ".join(
+        f"{name} {fig.median:.1f} ({fig.low:.1f}-{fig.high:.1f})" for name, fig in during.items()
+    )
+    cpus = results["machine"]["cpus"]
+    return [f"1-minute load average while each case ran (median, min-max; {cpus} CPUs): {cases}.", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     cases, m = results["cases"], results["machine"]
     lines = [
         f"Run {results['date']} on {m['cpu']} ({m['cpus']} CPUs, {m['memory_gib']} GiB), {m['os']}, "
         f"libvirt {m['libvirt']}, {m['qemu']}, {m['accelerator']}; ivm {m['ivm_commit']}. "
-        f"Each figure: median (min-max) of {results['runs']} runs. "
+        f"Each figure: median (min-max) of {results['runs']} runs{_rollout_runs(results)}. "
         f"The bench took {results['duration_s'] / 60:.1f} min.",
         "",
+        *_load_line(results),
         *_main_rows(cases),
     ]
     if f := cases.get("fleet"):

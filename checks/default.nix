@@ -1,6 +1,7 @@
 # Everything `nix flake check` builds: each machine's system, the formatting of the Nix files, and
 # (on x86_64-linux) the NixOS VM tests of this folder, which boot the real images. A test is a pair
-# <name>.nix (calls guest.mkTest) + <name>.py (its script); the slower libvirt test is in slow/.
+# <name>.nix (calls guest.mkTest, or runNixOSTest for host-module) + <name>.py (its script); the
+# slower libvirt test is in slow/.
 { self, pkgs }:
 let
   inherit (pkgs) lib;
@@ -23,7 +24,17 @@ let
   testFiles = lib.filterAttrs (
     file: type: type == "regular" && lib.hasSuffix ".nix" file && file != "default.nix"
   ) (builtins.readDir ./.);
-  loadTest = file: import (./. + "/${file}") { inherit guest; };
+  # Each test takes what it names of these: a guest test `{ guest }`, a host test `{ self, pkgs }`.
+  loadTest =
+    file:
+    let
+      test = import (./. + "/${file}");
+    in
+    test (
+      builtins.intersectAttrs (builtins.functionArgs test) {
+        inherit guest self pkgs;
+      }
+    );
   vmTests = lib.mapAttrs' (
     file: _: lib.nameValuePair (lib.removeSuffix ".nix" file) (loadTest file)
   ) testFiles;

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import libvirt
 import pytest
 
 from ivm.cli import cli
 from tests.conftest import Project, machine_entry
 from tests.integration.conftest import Fleet, Images, vm_name
+from tests.integration.standin.image import build_standin_image
+from tests.integration.test_health import wait_for_agent
 from tests.unit.test_bad_input import (
     CASES,
     Case,
@@ -232,13 +235,13 @@ def check_leftovers(fleet: Fleet, name: str, tmp: Path) -> int:
     return len(left)
 
 
-def var_counter(fleet: Fleet, name: str, scratch: Path) -> int:
-    """The stand-in's boot counter, read from the var disk on the host (not through the guest)."""
+def var_counter(fleet: Fleet, name: str, scratch: Path, snapshot: str | None = None) -> int:
+    """The stand-in's boot counter, read from the var disk (or one of its internal snapshots) on
+    the host, not through the guest."""
     raw = scratch / "var.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-U", "-O", "raw", str(fleet.volume_path(f"{name}-var.qcow2")), str(raw)],
-        check=True,
-    )
+    at = ["-l", f"snapshot.name={snapshot}"] if snapshot else []
+    var = str(fleet.volume_path(f"{name}-var.qcow2"))
+    subprocess.run(["qemu-img", "convert", "-U", *at, "-O", "raw", var, str(raw)], check=True)
     try:
         out = subprocess.run(
             ["/usr/sbin/debugfs", "-R", "cat /counter", str(raw)], capture_output=True, text=True, check=True
@@ -253,15 +256,20 @@ def var_counter(fleet: Fleet, name: str, scratch: Path) -> int:
 
 # Stop points trialled in test_health.py (a wave killed while it judges a VM's health).
 HEALTH_POINTS = ("upgrade:restarted", "upgrade:unhealthy")
-# Stop points in the code that no SIGKILL trial covers yet: known debt, listed so that a new point
-# without a trial still fails the test below.
-UNTRIED_POINTS = ("apply:created", "apply:defined", "apply:redefined", "apply:stopped", "rollback:restored")
+# Stop points in `apply`, in the order a new VM then a redefined running VM pass them.
+APPLY_POINTS = ("apply:created", "apply:defined", "apply:redefined", "apply:stopped")
+# Stop point in `rollback --with-data`: /var restored, today's definition not yet put back.
+ROLLBACK_POINTS = ("rollback:restored",)
+# Stop points in the code that no SIGKILL trial covers yet (none today): a new point without a
+# trial still fails the test below until it gets one or is listed here as known debt.
+UNTRIED_POINTS: tuple[str, ...] = ()
 
 
 def test_stop_points_are_all_in_the_code() -> None:
     source = "".join(p.read_text() for p in (REPO / "python" / "ivm").rglob("*.py"))
     found = set(re.findall(r'failpoint\("([a-z]+:[a-z-]+)"\)', source))
-    assert found == set(CREATE_POINTS) | set(UPGRADE_POINTS) | set(HEALTH_POINTS) | set(UNTRIED_POINTS)
+    trialled = (CREATE_POINTS, UPGRADE_POINTS, HEALTH_POINTS, APPLY_POINTS, ROLLBACK_POINTS, UNTRIED_POINTS)
+    assert found == {p for points in trialled for p in points}
 
 
 # --- bad input changes nothing on the real daemon -----------------------------------------------------
@@ -769,3 +777,119 @@ def test_gc_never_deletes_a_base_in_use(fleet: Fleet, images: Images, tmp_path: 
     swept = ivm(fleet, tmp, "gc")
     assert swept.returncode == 0 and len(bases(fleet)) == 1, swept.stdout + swept.stderr
     check_volumes_sound(fleet, defined, images.a)
+
+
+# --- apply and rollback --with-data killed at each step -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def staying(tmp_path_factory: pytest.TempPathFactory, system_uri: str) -> Path:
+    """A stand-in that keeps running after its report (it ignores ACPI: only --force stops it)."""
+    return build_standin_image(tmp_path_factory.mktemp("staying") / "a.raw", "A", stay=True, agent=True)
+
+
+def plan_of(fleet: Fleet, name: str, image: Path) -> tuple[int, list[str]]:
+    r = fleet.ivm("plan", name, "--image", str(image), "--json", check=False)
+    assert r.returncode in (0, 3), r.stdout + r.stderr
+    [vm] = json.loads(r.stdout)["vms"]
+    return r.returncode, list(vm["actions"])
+
+
+def live_memory_kib(fleet: Fleet, name: str, *, persistent: bool) -> int:
+    """The memory of the running VM (what its QEMU has) or of its definition (its next boot)."""
+    conn = fleet.conn()
+    try:
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0
+        xml = conn.lookupByName(name).XMLDesc(flags)
+    finally:
+        conn.close()
+    return int(re.search(r"<memory unit='KiB'>(\d+)</memory>", xml).group(1))  # type: ignore[union-attr]
+
+
+def domain_state(fleet: Fleet, name: str) -> int | None:
+    conn = fleet.conn()
+    try:
+        return int(conn.lookupByName(name).state()[0])
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def set_memory(fleet: Fleet, name: str, mib: int) -> None:
+    doc = json.loads(fleet.machines_file.read_text())
+    doc["machines"][name]["memory_mib"] = mib
+    fleet.machines_file.write_text(json.dumps(doc))
+
+
+def test_apply_killed_at_each_step_then_rerun(fleet: Fleet, staying: Path, tmp_path: Path) -> None:
+    """One VM with data goes through every stop point of `apply`: twice as a new VM (the second time
+    after `destroy`, /var kept), then twice as a running VM whose memory changed. After each kill the
+    daemon holds whole volumes and either definition, the plan names what is left, the same apply
+    finishes it, and a second plan is empty. Each finished apply booted the guest once more, so its
+    /var counter proves /var was never lost or rewritten."""
+    name = fleet.add(vm_name("apk"))
+    tmp = tmp_path / "tmp"
+    apply = ("apply", name, "--image", str(staying), "--force", "--timeout", "1")
+    # What each kill leaves for the re-run, and the memory (MiB) the machine asks for by then.
+    left = {
+        "apply:created": (["define", "start"], 256),
+        "apply:defined": (["start"], 256),
+        "apply:redefined": (["redefine"], 288),
+        "apply:stopped": (["start"], 320),
+    }
+    for point in APPLY_POINTS:
+        remaining, mib = left[point]
+        set_memory(fleet, name, mib)
+        if point == "apply:defined":
+            destroyed = ivm(fleet, tmp, "destroy", name, "--force")
+            assert destroyed.returncode == 0 and "kept its data" in destroyed.stdout, destroyed.stderr
+        killed = ivm(fleet, tmp, *apply, IVM_FAILPOINT=point)
+        assert killed.returncode == -signal.SIGKILL, f"{point} not reached: {killed.stdout}{killed.stderr}"
+        check_leftovers(fleet, name, tmp)
+        assert set(fleet.volumes()) == expected_volumes(fleet, name) | set(bases(fleet)), point
+        check_volumes_sound(fleet, name, staying)
+        if point == "apply:created":
+            assert domain_state(fleet, name) is None, point
+        else:  # the new definition is the persistent one; a stopped VM waits for its start
+            assert live_memory_kib(fleet, name, persistent=True) == mib * 1024, point
+        if point == "apply:stopped":
+            assert domain_state(fleet, name) == libvirt.VIR_DOMAIN_SHUTOFF
+        assert plan_of(fleet, name, staying) == (3, remaining), point
+        again = ivm(fleet, tmp, *apply)
+        assert again.returncode == 0, f"{point}: re-run failed: {again.stdout}{again.stderr}"
+        assert f"{name}: {', '.join(remaining)}" in again.stdout, (point, again.stdout)
+        assert plan_of(fleet, name, staying) == (0, []), point
+        assert domain_state(fleet, name) == libvirt.VIR_DOMAIN_RUNNING, point
+        assert live_memory_kib(fleet, name, persistent=False) == mib * 1024, point
+        wait_for_agent(fleet, name)  # this boot is on /var before the next kill
+    assert ivm(fleet, tmp, "stop", name, "--force", "--timeout", "1").returncode == 0
+    assert var_counter(fleet, name, tmp_path) == len(APPLY_POINTS)
+
+
+def test_rollback_with_data_killed_after_the_restore_then_rerun(
+    fleet: Fleet, images: Images, tmp_path: Path
+) -> None:
+    """Killed once /var is restored but before today's definition is put back: the same rollback
+    finishes it (back on base A with A's /var), the /var it replaced is still in a snapshot, and the
+    plan for base A is empty."""
+    name = fleet.add(vm_name("rbk"))
+    tmp = tmp_path / "tmp"
+    assert ivm(fleet, tmp, "create", name, "--image", str(images.a)).returncode == 0
+    assert ivm(fleet, tmp, "define", name).returncode == 0
+    assert fleet.boot(name).var_counter == 1
+    assert ivm(fleet, tmp, "upgrade", name, "--image", str(images.b)).returncode == 0
+    assert fleet.boot(name).var_counter == 2  # on B
+    base_b = base_of(fleet, tmp, name)
+    assert base_b is not None
+    killed = ivm(fleet, tmp, "rollback", name, "--with-data", IVM_FAILPOINT="rollback:restored")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert f"{name}-var.qcow2" in fleet.volumes()
+    again = ivm(fleet, tmp, "rollback", name, "--with-data")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = fleet.boot(name)
+    assert (report.marker, report.var_counter) == ("A", 2), report  # A's /var (1), +1 this boot
+    assert plan_of(fleet, name, images.a) == (0, [])
+    listed = json.loads(ivm(fleet, tmp, "snapshots", name, "--json").stdout)["snapshots"]
+    on_b = [x["name"] for x in listed if x["name"].startswith(f"var-{base_b[:12]}-")]
+    assert 2 in [var_counter(fleet, name, tmp_path, snapshot=x) for x in on_b], listed

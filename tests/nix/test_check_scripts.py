@@ -48,6 +48,8 @@ DRIVER_GLOBALS = {
 PRELUDE = 'import json\n\nIVM: dict = json.loads(r"""{}""")\n'
 
 SCRIPTS = sorted(CHECKS.glob("*.py")) + sorted((CHECKS / "slow").glob("*.py"))
+# Tests of the hypervisor side (checks/host-module.nix): one node `host`, the script alone.
+HOST_TESTS = {"host-module"}
 
 
 def is_slow(script: Path) -> bool:
@@ -56,6 +58,8 @@ def is_slow(script: Path) -> bool:
 
 def assemble(script: Path) -> str:
     """The script as the driver runs it (checks/lib/guest.nix `mkTest`, checks/slow/*.nix)."""
+    if script.stem in HOST_TESTS:
+        return script.read_text()
     if is_slow(script):
         return "\n".join([PRELUDE, script.read_text()])
     return "\n".join([PRELUDE, HELPER.read_text(), script.read_text()])
@@ -63,7 +67,8 @@ def assemble(script: Path) -> str:
 
 def driver_globals(script: Path) -> set[str]:
     """The driver's globals for this test: its nodes (and `machine` for a single node), its VLANs."""
-    nodes = {"host", "machine"} if is_slow(script) else {"client", "machine", "vlan1"}
+    one_host = is_slow(script) or script.stem in HOST_TESTS
+    nodes = {"host", "machine"} if one_host else {"client", "machine", "vlan1"}
     return DRIVER_GLOBALS | nodes
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
+import libvirt
+import pytest
+
+from ivm.errors import ToolError
+from ivm.hypervisor.handles import Connection
 from ivm.hypervisor.ownership import expected, judge
-from ivm.hypervisor.security import UID_RANGE, choose_uid, needs_own_uid, qemu_gid, static_uid
+from ivm.hypervisor.security import UID_RANGE, choose_uid, dac_label, needs_own_uid, qemu_gid, static_uid
 from ivm.volumes import vm_volumes
 
 
@@ -87,3 +93,45 @@ def test_drift_is_judged_on_owner_mode_and_type(tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(f)
     assert judge(identity, link, link.lstat()) is not None and stat.S_ISLNK(link.lstat().st_mode)
+
+
+class _Domain:
+    """A listed domain; `gone` is the error its XML read raises (undefined since it was listed)."""
+
+    def __init__(self, name: str, uid: int, gone: int | None = None) -> None:
+        self._name, self.uid, self.gone = name, uid, gone
+
+    def name(self) -> str:
+        return self._name
+
+    def XMLDesc(self, _flags: int) -> str:  # noqa: N802 -- libvirt's name
+        if self.gone is not None:
+            e = libvirt.libvirtError("no domain")
+            e.err = (self.gone, 0, "no domain", 0, "", None, None, 0, 0)
+            raise e
+        label = f"<label>+{self.uid}:+64055</label>"
+        return f"<domain><seclabel type='static' model='dac' relabel='yes'>{label}</seclabel></domain>"
+
+
+class _Conn:
+    def __init__(self, *doms: _Domain) -> None:
+        self.doms = doms
+
+    def getCapabilities(self) -> str:  # noqa: N802 -- libvirt's name
+        return caps("none", "dac")
+
+    def listAllDomains(self, _flags: int) -> list[_Domain]:  # noqa: N802 -- libvirt's name
+        return list(self.doms)
+
+
+def test_a_domain_undefined_while_listing_is_skipped_not_an_error() -> None:
+    mine = choose_uid("web1", None, set())
+    other = _Domain("other", mine)  # holds the uid web1 would take: web1 must pick another
+    conn = cast(
+        Connection, _Conn(_Domain("gone", 0, gone=libvirt.VIR_ERR_NO_DOMAIN), other)
+    )  # a partial fake
+    label = dac_label(conn, "qemu:///system", "web1", "qemu")
+    assert label is not None and label.uid != mine and label.gid == 64055
+    with pytest.raises(ToolError, match="listing domains"):  # any other failure still fails
+        bad = cast(Connection, _Conn(_Domain("bad", 0, gone=libvirt.VIR_ERR_INTERNAL_ERROR)))
+        dac_label(bad, "qemu:///system", "web1", "qemu")

@@ -235,3 +235,14 @@ def test_identity_disk_holds_files_root_owned_with_fixed_modes(tmp_path: Path) -
     assert label == "identity"
     cat = subprocess.run([DEBUGFS, "-R", "cat /tcp_ports", str(out)], capture_output=True, text=True).stdout
     assert cat == "22\n80\n"
+
+
+def test_identity_disk_keeps_its_holes(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    generate_missing(d, "m")
+    out = build_identity_disk(load_identity(d, "m"), tmp_path / "id.img")
+    assert out.stat().st_size == 4 * 1024**2
+    assert out.stat().st_blocks * 512 < 1024**2  # a dense copy takes the whole 4 MiB
+    fsck = subprocess.run(["/sbin/e2fsck" if Path("/sbin/e2fsck").exists() else "e2fsck", "-fn", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

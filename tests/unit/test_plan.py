@@ -111,6 +111,15 @@ def test_each_kind_of_drift_gets_exactly_its_actions() -> None:
         ),
         # an interrupted upgrade left it off and owes it a start
         (d, replace(o, running=False, restart_pending=True), (Action.START,), False),
+        # killed after writing its new definition, before the restart: still running the old one
+        (d, replace(o, restart_pending=True), (Action.REDEFINE,), True),
+        # ... and behind its build as well: the upgrade restarts it anyway
+        (
+            replace(d, base=NEW, domain_xml=xml(NEW)),
+            replace(o, restart_pending=True),
+            (Action.IMPORT_BASE, Action.UPGRADE),
+            True,
+        ),
         # the identity disk is gone: create makes it
         (d, replace(o, volumes=frozenset({vols.boot, vols.var})), (Action.CREATE,), False),
     ]

@@ -197,8 +197,8 @@ def _has_marker(dom: DomainHandle, namespace: str) -> bool:
 
 
 def set_restart_pending(dom: DomainHandle, pending: bool) -> None:
-    """Remember that an upgrade stopped this VM and owes it a start, so a re-run after a crash
-    still starts it."""
+    """Remember that a run owes this VM a start (it stopped it, or defined it new) or, while it
+    runs, a restart into its new definition, so a re-run after a crash still makes it."""
     _set_marker(dom, PENDING_NS, "restart", "ivmp", pending, "the upgrade")
 
 

@@ -8,7 +8,6 @@ copies known names with fixed modes), but files are made root-owned anyway so th
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -77,8 +76,7 @@ def _publish(image: Path, output: Path) -> None:
         raise ToolError(f"cannot write into {output.parent}: {e.strerror}", "pick another OUTPUT") from None
     try:
         with os.fdopen(fd, "wb") as dst, image.open("rb") as src:
-            shutil.copyfileobj(src, dst)
-            dst.flush()
+            _copy_keeping_holes(src.fileno(), dst.fileno())
             os.fsync(dst.fileno())
         try:
             Path(tmp).replace(output)  # replaces a file or symlink at output; follows neither
@@ -87,6 +85,26 @@ def _publish(image: Path, output: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _copy_keeping_holes(src: int, dst: int) -> None:
+    """Copy only the data extents (mkfs leaves most of the 4 MiB a hole): a dense copy would make
+    every VM's identity volume take 4 MiB instead of ~70 KiB."""
+    size = os.fstat(src).st_size
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole remains
+            break
+        hole = os.lseek(src, data, os.SEEK_HOLE)
+        while data < hole:
+            chunk = os.pread(src, min(1 << 20, hole - data), data)
+            if not chunk:
+                raise ToolError("the identity image shrank while it was being copied")
+            data += os.pwrite(dst, chunk, data)
+        pos = hole
+    os.ftruncate(dst, size)
 
 
 def _make_root_owned(image: Path, names: list[str]) -> None:

@@ -108,6 +108,8 @@ def apply_vm(s: VmSession, current: str | None, builds: Builds, opts: ApplyOptio
         failpoint("apply:created")
     if Action.DEFINE in todo or Action.CREATE in todo:
         define(s)  # first: an upgrade or identity rebuild below needs the domain
+        if Action.START in todo:  # owed a start: a re-run after a crash still starts it
+            set_restart_pending(require(s.domain(), s.name), True)
         failpoint("apply:defined")
     if Action.UPGRADE in todo or (Action.IDENTITY in todo and Action.CREATE not in todo):
         built = builds.get(s) if Action.UPGRADE in todo else None

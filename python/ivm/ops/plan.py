@@ -60,7 +60,7 @@ class Observed:
     identity_digest: str | None  # from the identity disk's superblock
     domain_xml: str | None  # the persistent definition; None when not defined
     running: bool
-    restart_pending: bool  # an interrupted upgrade stopped it and owes it a start
+    restart_pending: bool  # an interrupted run owes it a start (or, running, a restart)
     pool_bases: frozenset[str]  # base hashes complete in the pool
 
 
@@ -176,10 +176,20 @@ def plan_vm(d: Desired, o: Observed) -> VmPlan:
             if diffs:
                 actions.add(Action.REDEFINE)
                 details += diffs
-        if o.restart_pending and not o.running:
-            actions.add(Action.START)
-            details.append("an interrupted upgrade owes it a start")
+        if o.restart_pending:
+            _owed(o, actions, details)
     return _plan(d, actions, details, restart=o.running and bool(actions & RESTARTING))
+
+
+def _owed(o: Observed, actions: set[Action], details: list[str]) -> None:
+    """What an interrupted run left owed to a VM marked restart-pending."""
+    if not o.running:
+        actions.add(Action.START)
+        details.append("an interrupted run owes it a start")
+    elif not actions & RESTARTING:
+        # Killed between writing a definition and restarting into it: the VM still runs the old one.
+        actions.add(Action.REDEFINE)
+        details.append("an interrupted run owes it a restart into its definition")
 
 
 def _plan(d: Desired, actions: set[Action], details: list[str], restart: bool) -> VmPlan:

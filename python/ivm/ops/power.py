@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from ivm.config import Settings
 from ivm.errors import ToolError
-from ivm.hypervisor.domains import State, require
+from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
 from ivm.hypervisor.handles import DomainHandle
 from ivm.hypervisor.ownership import find_drift, repair
 from ivm.hypervisor.security import static_uid
@@ -47,6 +47,8 @@ def start(s: VmSession) -> bool:
                 "(mode 0666, systemd's default), or use --virt-type qemu",
             ) from None
         raise
+    if restart_pending(dom):  # the start an interrupted run owed it is made now
+        set_restart_pending(dom, False)
     return True
 
 

@@ -141,6 +141,7 @@ def rollback_with_data(
     """`rollback --with-data`: the previous base, and /var as the chosen snapshot (default: the newest
     taken on that base) holds it. Returns the result, the snapshot restored and the snapshot that
     saved the /var it replaced."""
+    _catch_up_definition(s)
     target = previous_base(s)
     dom = require(s.domain(), s.name)
     chosen = var_snapshots.choose(s, dom, snapshot, target)  # a bad name stops here, nothing changed
@@ -155,6 +156,25 @@ def rollback_with_data(
     dom = s.hv.domains.define(definition, s.name)
     set_restart_pending(dom, was_running)
     return move_to_base(s, target, force=force, timeout=timeout), chosen.name, saved
+
+
+def _catch_up_definition(s: VmSession) -> None:
+    """A definition naming another base than the boot overlay's was left by a killed run: an upgrade
+    between its new overlay and its define, or a rollback --with-data between reverting /var (which
+    also reverted the definition) and putting today's back. Define the VM on the base its disks are
+    on, keeping the base its definition named as the previous one, so the rollback goes back to it."""
+    dom = require(s.domain(), s.name)
+    meta = read_metadata(s.hv.domains.xml(dom))
+    on = created_base(s)
+    if meta is None or meta.base == on:
+        return
+    log.info(
+        "%s: its definition names base %s, its disks base %s: redefining", s.name, meta.base[:12], on[:12]
+    )
+    pending = restart_pending(dom)
+    define(s, base_hash=on)
+    if pending:  # the new definition dropped the mark
+        set_restart_pending(require(s.domain(), s.name), True)
 
 
 def previous_base(s: VmSession) -> str:

@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # Stand-in guest /init: report on the serial console what this VM sees, then power off; with
-# ivm.stay=1 keep running instead, with ivm.agent=1 also answering guest-agent pings.
+# ivm.stay=1 keep running instead, with ivm.agent=1 also answering the guest agent (ping, and
+# guest-exec of /bin/true or /bin/false only).
 # Every step is independent, so one failure still ends with "IVM-REPORT done".
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /mnt/var /mnt/identity
@@ -105,7 +106,11 @@ else
     report "error mount=identity"
 fi
 
-# A QEMU guest agent that knows two commands: libvirt's guest-sync handshake and guest-ping.
+# One JSON member of an agent command line: `field LINE path` prints /bin/true for "path":"/bin/true".
+field() { echo "$1" | sed -n "s/.*\"$2\" *: *\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+
+# A QEMU guest agent that knows libvirt's guest-sync handshake, guest-ping, and guest-exec with
+# guest-exec-status for two argument-less commands: enough for a health check that passes or fails.
 agent() {
     port= i=0
     while [ -z "$port" ] && [ $i -lt 100 ]; do # the port appears shortly after the module loads
@@ -120,6 +125,7 @@ agent() {
         return
     fi
     report "agent port=$port"
+    pid=0
     while :; do
         # One read-write open: a virtio-serial port refuses a second one.
         exec 3<>"$port"
@@ -127,6 +133,26 @@ agent() {
             case "$line" in
                 *guest-sync*) echo "{\"return\": $(echo "$line" | sed -n 's/.*"id" *: *\([0-9]*\).*/\1/p')}" >&3 ;;
                 *guest-ping*) echo '{"return": {}}' >&3 ;;
+                *guest-exec-status*)
+                    code="$(cat "/tmp/exec-$(field "$line" pid)" 2>/dev/null)"
+                    if [ -n "$code" ]; then
+                        echo "{\"return\": {\"exited\": true, \"exitcode\": $code}}" >&3
+                    else
+                        echo '{"error": {"class": "GenericError", "desc": "Invalid parameter pid"}}' >&3
+                    fi
+                    ;;
+                *guest-exec*)
+                    path="$(field "$line" path)"
+                    case "$path" in
+                        /bin/true | /bin/false)
+                            pid=$((pid + 1))
+                            "$path"
+                            echo $? >"/tmp/exec-$pid"
+                            echo "{\"return\": {\"pid\": $pid}}" >&3
+                            ;;
+                        *) echo '{"error": {"class": "GenericError", "desc": "stand-in agent runs /bin/true and /bin/false only"}}' >&3 ;;
+                    esac
+                    ;;
                 *) echo '{"error": {"class": "CommandNotFound", "desc": "stand-in agent"}}' >&3 ;;
             esac
         done
