@@ -24,7 +24,7 @@ export LC_ALL=C
 
 readonly max_bytes=65536
 readonly required=(machine-id hostname ssh_host_ed25519_key ssh_host_ed25519_key.pub)
-readonly optional=(resolv.conf hosts tcp_ports udp_ports admin_authorized_keys user_authorized_keys)
+readonly optional=(ssh_host_ed25519_key-cert.pub resolv.conf hosts tcp_ports udp_ports admin_authorized_keys user_authorized_keys)
 
 log() { echo "ivm-identity: $*" >&2; }
 
@@ -155,17 +155,23 @@ key_part() {
 
 # `TYPE BASE64 [COMMENT]`: a known type, and base64 whose first field names that same type.
 check_key() {
-  local fields=() type encoded expected header
+  local fields=() type
   read -r -a fields <<<"$1"
   ((${#fields[@]} >= 2)) || fail "is not a public key line (expected: TYPE BASE64 [COMMENT])" || return
-  type=${fields[0]} encoded=${fields[1]}
+  type=${fields[0]}
   [[ $key_types == *" $type "* ]] || fail "has an unsupported key type '${type:0:40}'" || return
+  check_blob "$type" "${fields[1]}" || return
+  key_type=$type
+}
+
+# BASE64 is valid base64 whose first field (an SSH string) is TYPE.
+check_blob() {
+  local type=$1 encoded=$2 expected header
   [[ $encoded =~ ^[A-Za-z0-9+/]+={0,2}$ ]] && ((${#encoded} % 4 == 0)) ||
     fail "has a key that is not valid base64" || return
   expected=$(printf '%08x' "${#type}")$(printf '%s' "$type" | od -An -v -tx1 | tr -d ' \n')
   header=$(printf '%s' "$encoded" | base64 -d 2>/dev/null | head -c $((4 + ${#type})) | od -An -v -tx1 | tr -d ' \n')
-  [[ $header == "$expected" ]] || fail "has a key that does not hold a ${type} key" || return
-  key_type=$type
+  [[ $header == "$expected" ]] || fail "has a key that does not hold a ${type} key"
 }
 
 check_machine_id() {
@@ -192,6 +198,18 @@ check_public_key() {
   ((${#lines[@]} == 1)) || fail "must hold exactly one public key line" || return
   check_key "${lines[0]}" || return
   [[ $key_type == ssh-ed25519 ]] || fail "must be an ssh-ed25519 public key"
+}
+
+# Leniency: the line's type and armour only. The host parsed the certificate (a host certificate for
+# this host key) before writing the disk; sshd skips a certificate it cannot use and still starts.
+check_certificate() {
+  local fields=()
+  content_lines "$1"
+  ((${#lines[@]} == 1)) || fail "must hold exactly one certificate line" || return
+  read -r -a fields <<<"${lines[0]}"
+  ((${#fields[@]} >= 2)) && [[ ${fields[0]} == ssh-ed25519-cert-v01@openssh.com ]] ||
+    fail "must be an ssh-ed25519-cert-v01@openssh.com certificate" || return
+  check_blob "${fields[0]}" "${fields[1]}"
 }
 
 check_ports() {
@@ -258,6 +276,7 @@ rule_of() {
   hostname) echo check_hostname ;;
   ssh_host_ed25519_key) echo check_private_key ;;
   ssh_host_ed25519_key.pub) echo check_public_key ;;
+  ssh_host_ed25519_key-cert.pub) echo check_certificate ;;
   resolv.conf) echo check_resolv_conf ;;
   hosts) echo check_hosts ;;
   tcp_ports | udp_ports) echo check_ports ;;

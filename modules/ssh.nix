@@ -3,6 +3,7 @@
 let
   identity = config.ivm.identity.directory;
   hostKey = "${identity}/ssh_host_ed25519_key";
+  hostCert = "${identity}/ssh_host_ed25519_key-cert.pub";
 in
 {
   # Custom hostKeys as in nixos/tests/openssh.nix; keys and logins from /var/identity are proven by
@@ -22,6 +23,13 @@ in
     authorizedKeysInHomedir = false;
     authorizedKeysFiles = lib.mkForce [ "${identity}/%u_authorized_keys" ];
     settings = {
+      # The identity's certificate, when it carries one (the host signed the key with the user's CA).
+      # Without the file sshd logs "Could not load host certificate" and serves the plain key:
+      # OpenSSH sshd.c skips each HostCertificate it cannot load, match or parse (`continue`), and
+      # the build-time `sshd -G -T` check (nixpkgs nixos/modules/services/networking/ssh/sshd.nix,
+      # system.checks) prints the configuration before any key or certificate is read. A free-form
+      # setting of that module's `settings` (its settingsFormat writes `HostCertificate PATH`).
+      HostCertificate = hostCert;
       PasswordAuthentication = false;
       KbdInteractiveAuthentication = false;
       PermitRootLogin = "no";

@@ -57,6 +57,7 @@ class Settings:
     virt_type: str | None = None
     firmware: Firmware = field(default_factory=Firmware)
     nix: str = "nix"
+    host_ca: Path | None = None  # --host-ca or IVM_HOST_CA: the SSH host CA's private key (a path only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> Settings:
@@ -73,6 +74,7 @@ class Settings:
             "virt_type": env.get("IVM_VIRT_TYPE") or None,
             "firmware": Firmware(code, template),
             "nix": env.get("NIX") or "nix",
+            "host_ca": Path(env["IVM_HOST_CA"]) if env.get("IVM_HOST_CA") else None,
         }
         values.update({k: v for k, v in given.items() if v is not None})
         env_source = "LIBVIRT_URI" if env.get("LIBVIRT_URI") else "LIBVIRT_DEFAULT_URI"

@@ -255,7 +255,8 @@ def _created(tune2fs: str) -> str:
 
 
 def _stop(guest: Guest) -> None:
-    guest.fleet.ivm("stop", guest.name, "--timeout", "120", timeout=300)
+    # A graceful stop, so the journal reaches the var disk; a loaded TCG host may need minutes.
+    guest.fleet.ivm("stop", guest.name, "--timeout", "600", "--force", timeout=900)
 
 
 def _agent_answers(guest: Guest) -> bool:
@@ -332,7 +333,7 @@ def test_a_valid_identity_after_a_refusal_restores_access(guest: Guest) -> None:
     """`ivm upgrade` rebuilds the identity disk from machines/; the guest accepts it, its agent
     answers the health gate, and the refused boot's journal shows it kept the machine-id."""
     guest.fleet.ivm(
-        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "120",
+        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "600",
         "--health-timeout", str(SSH_TIMEOUT), timeout=int(SSH_TIMEOUT) + 600,
     )  # fmt: skip
     guest.wait_ssh()
@@ -349,3 +350,33 @@ def _disks(domain_xml: str) -> list[str]:
     from lxml import etree
 
     return [etree.tostring(d, encoding="unicode") for d in etree.fromstring(domain_xml).iter("disk")]
+
+
+def test_a_host_certificate_is_served_and_ssh_trusts_only_the_ca(guest: Guest, tmp_path: Path) -> None:
+    """The last boot: upgrade signs the host key with a throwaway CA, the identity disk carries the
+    certificate, the guest's sshd serves it, and plain ssh logs in trusting nothing but the CA."""
+    home = tmp_path / "ca"
+    home.mkdir(mode=0o700)
+    ca = home / "ivm_host_ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    guest.fleet.ivm(
+        "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "120",
+        "--host-ca", str(ca), timeout=900,
+    )  # fmt: skip
+    assert (guest.machine_dir / "ssh_host_ed25519_key-cert.pub").is_file()
+    guest.wait_ssh()
+    served = guest.ssh("cat", "/var/identity/ssh_host_ed25519_key-cert.pub").stdout
+    assert served == guest.identity("ssh_host_ed25519_key-cert.pub")
+    config = tmp_path / "ivm.conf"
+    guest.fleet.ivm("ssh-config", guest.name, "-o", str(config), "--host-ca", str(ca))
+    known = (tmp_path / "ivm.conf.known_hosts").read_text().splitlines()
+    ca_pub = " ".join(Path(f"{ca}.pub").read_text().split()[:2])
+    assert known == [f"@cert-authority ivm-{guest.name} {ca_pub}"]  # no key of the VM's own
+    env = {"SSH_AUTH_SOCK": str(guest.agent_socket), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-v", guest.name, "hostname"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == guest.identity("hostname").strip()
+    assert "is known and matches the ED25519-CERT host certificate" in r.stderr, r.stderr

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.cases import case_id, load
-from tests.cases.keys import Keys
+from tests.cases.keys import Keys, with_certificates
 from tests.nix.nixeval import REPO
 
 IMPORT = REPO / "modules" / "identity-import.sh"
@@ -168,14 +168,21 @@ def guest(tmp_path: Path, env: Mapping[str, str]) -> Guest:
     return Guest(tmp_path, env)
 
 
+@pytest.fixture(scope="module")
+def host_cert(host_key: tuple[bytes, bytes], tmp_path_factory: pytest.TempPathFactory) -> str:
+    keys = Keys(host_key[0].decode(), host_key[1].decode())
+    return with_certificates(keys, tmp_path_factory.mktemp("ca")).certs["cert"] + "\n"
+
+
 @pytest.fixture
-def identity(host_key: tuple[bytes, bytes]) -> dict[str, bytes | str]:
+def identity(host_key: tuple[bytes, bytes], host_cert: str) -> dict[str, bytes | str]:
     private, public = host_key
     return {
         "machine-id": "0123456789abcdef0123456789abcdef\n",
         "hostname": "web1\n",
         "ssh_host_ed25519_key": private,
         "ssh_host_ed25519_key.pub": public,
+        "ssh_host_ed25519_key-cert.pub": host_cert,
         "resolv.conf": "# DNS\nnameserver 192.0.2.53\nsearch example.org\n",
         "hosts": "192.0.2.10 db db.example.org\n",
         "tcp_ports": "# web\n80\n\n443\n",
@@ -200,7 +207,7 @@ def test_complete_identity_is_imported_root_owned_with_fixed_modes(
         assert (st.st_uid, st.st_gid) == (0, 0)
         data = identity[path.name]
         assert path.read_bytes() == (data.encode() if isinstance(data, str) else data)
-    assert "imported 10 files" in proc.stderr
+    assert "imported 11 files" in proc.stderr
     assert guest.status() == "imported\n" and guest.accepted()
 
 
@@ -351,10 +358,14 @@ def test_resolv_conf_and_hosts_come_from_the_identity(guest: Guest, identity: di
 
 @pytest.mark.parametrize("case", load("identity"), ids=case_id)
 def test_identity_case_in_the_guest(
-    guest: Guest, identity: dict[str, bytes | str], host_key: tuple[bytes, bytes], case: dict[str, Any]
+    guest: Guest,
+    identity: dict[str, bytes | str],
+    host_key: tuple[bytes, bytes],
+    case: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     """The shared table's verdict for the guest (tests/cases/identity.json), in a valid identity."""
-    keys = Keys(host_key[0].decode(), host_key[1].decode())
+    keys = with_certificates(Keys(host_key[0].decode(), host_key[1].decode()), tmp_path)
     guest.write({**identity, case["file"]: keys.fill(case["text"])})
     guest.boot()
     verdict = "accept" if guest.status() == "imported\n" else "refuse"

@@ -13,7 +13,7 @@ import click
 from ivm.cli import output
 from ivm.cli.group import cli
 from ivm.cli.many import JOBS_OPTION
-from ivm.cli.options import IMAGE_OPTION, NAME, NAMES, shutdown_options
+from ivm.cli.options import HOST_CA_OPTION, IMAGE_OPTION, NAME, NAMES, shutdown_options
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import require
@@ -73,6 +73,7 @@ def status(
 )
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
+@HOST_CA_OPTION
 @click.pass_context
 def plan(
     ctx: click.Context,
@@ -117,6 +118,7 @@ def plan(
     help="With --all: also destroy the orphans (undefine, delete boot and identity disks, keep /var).",
 )
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def apply(
     settings: Settings,
@@ -195,6 +197,7 @@ def apply(
 )
 @IMAGE_OPTION
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def upgrade(
     settings: Settings,
@@ -260,6 +263,7 @@ def upgrade(
     help="With --with-data: this snapshot (see `ivm snapshots NAME`) instead of the newest on that base.",
 )
 @shutdown_options(120)
+@HOST_CA_OPTION
 @click.pass_obj
 def rollback(
     settings: Settings, name: str, with_data: bool, snapshot: str | None, force: bool, timeout: float
@@ -334,6 +338,7 @@ def gc(settings: Settings, dry_run: bool, as_json: bool) -> None:
 @NAME
 @click.option("--user", "-l", default="admin", show_default=True, help="User to log in as.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@HOST_CA_OPTION
 @click.pass_obj
 def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> None:
     """Log in to NAME with ssh, trusting only its identity host key (strict checking, no prompt).
@@ -358,6 +363,7 @@ def ssh(settings: Settings, name: str, user: str, command: tuple[str, ...]) -> N
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the blocks to this file (and its pinned keys to FILE.known_hosts), each atomically.",
 )
+@HOST_CA_OPTION
 @click.pass_obj
 def ssh_config(
     settings: Settings, names: tuple[str, ...], all_vms: bool, user: str, output_file: Path | None
@@ -369,19 +375,22 @@ def ssh_config(
     it), pins its identity host key in a known_hosts file with strict checking, and turns off the
     same forwarding options `ivm ssh` does. Addresses can change: run it again after a VM restarts.
     Printed to stdout, the keys go to ivm's runtime directory; with --output they go beside FILE.
+    With a host CA (--host-ca, IVM_HOST_CA), one @cert-authority line trusts it for every VM whose
+    identity holds a valid certificate from it, instead of pinning each key.
     """
     if bool(names) == all_vms:
         raise click.UsageError("name the VMs, or pass --all")
+    ca = ssh_ops.host_ca(settings)
     targets, skipped = ssh_config_ops.collect(settings, names, all_vms)
     for s in skipped:
         click.echo(f"ivm: {s.name}: skipped: {s.reason}", err=True)
     if output_file is not None:
         config, keys = ssh_config_ops.render(
-            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file)
+            targets, skipped, user, ssh_config_ops.known_hosts_for(output_file), ca
         )
         ssh_config_ops.write_config(output_file, config, keys)
         click.echo(f"wrote {len(targets)} Host block(s) to {output_file}")
         return
-    _, keys = ssh_config_ops.render(targets, skipped, user, Path())
-    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys))
+    _, keys = ssh_config_ops.render(targets, skipped, user, Path(), ca)
+    config, _ = ssh_config_ops.render(targets, skipped, user, ssh_config_ops.stdout_known_hosts(keys), ca)
     click.echo(config, nl=False)

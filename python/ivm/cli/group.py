@@ -145,7 +145,8 @@ def cli(
     Step by step: ivm create web1; ivm define web1; ivm start web1
 
     Environment: LIBVIRT_URI, else LIBVIRT_DEFAULT_URI; IVM_POOL (pool name, default ivm),
-    IVM_POOL_PATH, OVMF_CODE and OVMF_VARS (explicit firmware), NIX (the nix command). Run as root in
+    IVM_POOL_PATH, OVMF_CODE and OVMF_VARS (explicit firmware), NIX (the nix command), IVM_HOST_CA
+    (an SSH host CA key: host keys are signed, ssh trusts the CA; --host-ca). Run as root in
     another user's project, Nix runs as that user and generated files are given to them.
     Exit codes: 0 ok, 1 failed, 2 bad input.
     """

@@ -10,7 +10,7 @@ import click
 from ivm.cli import output
 from ivm.cli.group import cli
 from ivm.cli.many import many_vms, run_each
-from ivm.cli.options import IMAGE_OPTION, NAME, shutdown_options
+from ivm.cli.options import HOST_CA_OPTION, IMAGE_OPTION, NAME, shutdown_options
 from ivm.config import Settings
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import load_identity
@@ -34,6 +34,7 @@ def build(settings: Settings, name: str) -> None:
 @cli.command()
 @many_vms
 @IMAGE_OPTION
+@HOST_CA_OPTION
 @click.pass_obj
 def create(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int, image: Path | None) -> None:
     """Create each VM's disks: import the base if new, make the boot overlay, var and identity disks.
@@ -89,6 +90,7 @@ def start(settings: Settings, name: str) -> None:
 @cli.command()
 @many_vms
 @IMAGE_OPTION
+@HOST_CA_OPTION
 @click.pass_obj
 def up(settings: Settings, names: tuple[str, ...], all_vms: bool, jobs: int, image: Path | None) -> None:
     """Build, create, define and start each VM: the one command for new VMs. Safe to repeat."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ivm.identity.sshcert import parse_certificate
 from ivm.identity.sshkey import PublicKey, parse_private_ed25519, parse_public_key, split_authorized_key
 
 MAX_FILE_BYTES = 64 * 1024
@@ -29,6 +30,7 @@ class Name(StrEnum):
     HOSTNAME = "hostname"
     HOST_KEY = "ssh_host_ed25519_key"
     HOST_KEY_PUB = "ssh_host_ed25519_key.pub"
+    HOST_CERT = "ssh_host_ed25519_key-cert.pub"  # optional: signed by the user's host CA
     RESOLV_CONF = "resolv.conf"
     HOSTS = "hosts"
     TCP_PORTS = "tcp_ports"
@@ -106,6 +108,16 @@ def check_public_key(text: str) -> None:
         raise ValueError("must be an ssh-ed25519 public key")
 
 
+def check_certificate(text: str) -> None:
+    lines = [line for _, line in _content_lines(text)]
+    if len(lines) != 1:
+        raise ValueError("must hold exactly one certificate line")
+    fields = lines[0].split()
+    if len(fields) >= 2 and not (BASE64_RE.fullmatch(fields[1]) and len(fields[1]) % 4 == 0):
+        raise ValueError("has a certificate that is not valid base64")
+    parse_certificate(lines[0])
+
+
 def _parse_key(line: str) -> PublicKey:
     """parse_public_key, refusing also the excess padding Python's base64 decoder lets through."""
     fields = line.split()
@@ -169,6 +181,7 @@ RULES: tuple[Rule, ...] = (
     Rule(Name.HOSTNAME, 0o644, check_hostname, required=True),
     Rule(Name.HOST_KEY, 0o600, check_private_key, required=True, secret=True),
     Rule(Name.HOST_KEY_PUB, 0o644, check_public_key, required=True),
+    Rule(Name.HOST_CERT, 0o644, check_certificate, required=False),
     Rule(Name.RESOLV_CONF, 0o644, check_resolv_conf, required=False),
     Rule(Name.HOSTS, 0o644, check_hosts, required=False),
     Rule(Name.TCP_PORTS, 0o644, check_ports, required=False),

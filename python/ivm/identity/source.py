@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ivm.errors import UsageError
 from ivm.identity.rules import MAX_FILE_BYTES, RULE, RULES, Name, Rule, check_file
+from ivm.identity.sshcert import Certificate, parse_certificate
 from ivm.identity.sshkey import parse_private_ed25519, parse_public_key
 from ivm.privilege import hand_over, make_dirs
 from ivm.run import run
@@ -40,6 +41,11 @@ class Identity:
     @property
     def host_public_key(self) -> str:
         return self.files[Name.HOST_KEY_PUB].decode().strip()
+
+    @property
+    def host_certificate(self) -> Certificate | None:
+        data = self.files.get(Name.HOST_CERT)
+        return parse_certificate(data.decode().strip()) if data is not None else None
 
     @property
     def digest(self) -> str:
@@ -101,7 +107,12 @@ def load_identity(directory: Path, hostname: str | None = None, generate: bool =
 
 def read_machine_id(directory: Path) -> str | None:
     """The machine-id file alone, validated, or None when it is absent (nothing is generated)."""
-    rule = RULE[Name.MACHINE_ID]
+    return read_one(directory, Name.MACHINE_ID)
+
+
+def read_one(directory: Path, name: Name) -> str | None:
+    """One identity file alone, validated and stripped, or None when it is absent."""
+    rule = RULE[name]
     data = _read(directory / rule.name, rule)
     if data is None:
         return None
@@ -184,6 +195,12 @@ def _check_key_pair(directory: Path, files: Mapping[Name, bytes]) -> None:
             f"{directory / Name.HOST_KEY_PUB} does not belong to {Name.HOST_KEY}",
             f"regenerate it: ssh-keygen -y -f {directory / Name.HOST_KEY} > {directory / Name.HOST_KEY_PUB}",
         )
+    cert = files.get(Name.HOST_CERT)
+    if cert is not None and parse_certificate(cert.decode().strip()).key_blob != public.blob:
+        raise UsageError(
+            f"{directory / Name.HOST_CERT} certifies another host key than {Name.HOST_KEY_PUB}",
+            f"sign the key again (pass --host-ca or set IVM_HOST_CA), or delete {Name.HOST_CERT}",
+        )
 
 
 def _exists(path: Path) -> bool:
@@ -240,6 +257,7 @@ _HINTS = {
     Name.HOSTNAME: "write one lowercase label, or delete the file to use the VM name",
     Name.HOST_KEY: "delete both key files to have a new pair generated",
     Name.HOST_KEY_PUB: "derive it again: ssh-keygen -y -f ssh_host_ed25519_key",
+    Name.HOST_CERT: "sign the host key again (pass --host-ca or set IVM_HOST_CA), or delete the file",
     Name.TCP_PORTS: "write one port number per line",
     Name.UDP_PORTS: "write one port number per line",
     Name.HOSTS: "write lines like '192.0.2.10 db db.example.org'",

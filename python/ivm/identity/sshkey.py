@@ -36,7 +36,7 @@ class PublicKey:
         return f"{text} {self.comment}" if self.comment else text
 
 
-class _Reader:
+class Reader:
     def __init__(self, data: bytes):
         self.data = data
         self.pos = 0
@@ -76,7 +76,7 @@ def parse_private_ed25519(text: str) -> PublicKey:
         data = base64.b64decode("".join(lines[1:-1]), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("is not an OpenSSH private key (bad base64)") from None
-    r = _Reader(data)
+    r = Reader(data)
     if r.take(len(MAGIC)) != MAGIC:
         raise ValueError("is not an OpenSSH private key (bad magic)")
     cipher, _kdf, _kdf_options = r.string(), r.string(), r.string()
@@ -85,7 +85,7 @@ def parse_private_ed25519(text: str) -> PublicKey:
     if r.u32() != 1:
         raise ValueError("must hold exactly one key")
     public_blob = r.string()
-    private = _Reader(r.string())
+    private = Reader(r.string())
     if private.u32() != private.u32():
         raise ValueError("is corrupt (check integers differ)")
     key_type = private.string().decode(errors="replace")
@@ -114,7 +114,7 @@ def parse_public_key(line: str) -> PublicKey:
     except (binascii.Error, ValueError):
         raise ValueError("has a key that is not valid base64") from None
     try:
-        embedded = _Reader(blob).string()
+        embedded = Reader(blob).string()
     except ValueError:
         raise ValueError("has a truncated key") from None
     if embedded != key_type.encode():

@@ -24,7 +24,7 @@ from ivm.ops.destroy import destroy_vm
 from ivm.ops.gc import hypervisor_uris
 from ivm.ops.observe import observe_vm, orphans, pool_bases, select
 from ivm.ops.plan import Action, plan_vm
-from ivm.ops.provision import create
+from ivm.ops.provision import certify_host_key, create
 from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.ops.upgrade import Builds, move_to_base
@@ -97,6 +97,7 @@ def prune_orphans(settings: Settings, *, force: bool, report: Callable[[str], No
 
 def apply_vm(s: VmSession, current: str | None, builds: Builds, opts: ApplyOptions) -> ApplyResult:
     """Plan VM `s` afresh (its lock is held) and carry the plan out."""
+    certify_host_key(s)  # with a host CA: signed first, so the plan below ships the new certificate
     desired, observed = observe_vm(s, current, pool_bases(s.hv))
     plan = plan_vm(desired, observed)
     todo = set(plan.actions)

@@ -19,7 +19,7 @@ from ivm.hypervisor.host import Hypervisor
 from ivm.names import check_vm_name
 from ivm.ops.define import desired_spec
 from ivm.ops.plan import Desired, FleetPlan, Observed, Orphan, VmPlan, plan_fleet
-from ivm.ops.provision import vm_identity
+from ivm.ops.provision import certificate_due, vm_identity
 from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.volumes import base_hash_of, base_volume
@@ -87,7 +87,8 @@ def observe_vm(s: VmSession, current: str | None, bases: frozenset[str]) -> tupl
         if actual is not None:  # define keeps the UUID libvirt knows the domain by
             spec = _with_uuid(spec, actual)
         wanted_xml = domain_xml(spec)
-    return Desired(s.name, hv.uri, current, identity.digest, wanted_xml), observed
+    resign = certificate_due(s, identity)
+    return Desired(s.name, hv.uri, current, identity.digest, wanted_xml, resign), observed
 
 
 def _with_uuid(spec: DomainSpec, actual: str) -> DomainSpec:

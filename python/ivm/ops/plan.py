@@ -50,6 +50,7 @@ class Desired:
     base: str | None  # the current build's base hash; None when unknown (no Nix and no --image)
     identity_digest: str | None  # None: files still to generate (create does)
     domain_xml: str | None  # what define would write for the base the VM ends up on; None before create
+    resign: str | None = None  # why the host certificate is to be signed again (--host-ca)
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,10 @@ def plan_vm(d: Desired, o: Observed) -> VmPlan:
         details.append(f"base {str(o.boot_base)[:12]} -> {str(target)[:12]}")
         if target not in o.pool_bases:
             actions.add(Action.IMPORT_BASE)
-    if d.identity_digest != o.identity_digest:
+    if d.identity_digest != o.identity_digest or d.resign is not None:
         actions.add(Action.IDENTITY)
-        details.append("identity files changed")
+        changed = d.identity_digest != o.identity_digest
+        details.append("identity files changed" if changed else f"host certificate to sign again: {d.resign}")
     if o.domain_xml is None:
         actions |= {Action.DEFINE, Action.START}
     else:

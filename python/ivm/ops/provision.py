@@ -23,7 +23,10 @@ from ivm.disks import (
 from ivm.domain_xml import domain_uuid
 from ivm.failpoints import failpoint
 from ivm.identity.clashes import check_clashes, check_machine_id_on_hypervisor, warn_unknown_files
-from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir
+from ivm.identity.host_ca import certify, due, load_host_ca
+from ivm.identity.rules import Name
+from ivm.identity.source import Identity, generate_missing, load_identity, machine_dir, read_one
+from ivm.identity.sshkey import parse_public_key
 from ivm.image import BaseImage, image_file, inspect, nix_build
 from ivm.machines import Machine
 from ivm.ops.session import VmSession, check_network_reachable
@@ -62,11 +65,32 @@ def checked(s: VmSession, identity: Identity) -> Identity:
     return identity
 
 
+def certify_host_key(s: VmSession) -> str | None:
+    """With a host CA (--host-ca, IVM_HOST_CA): sign the VM's host key unless its certificate is
+    still good (identity/sshcert.py says when); return why it was signed."""
+    if s.settings.host_ca is None:
+        return None
+    ca = load_host_ca(s.settings.host_ca, s.settings.project_root, signing=True)
+    directory = machine_dir(s.settings.project_root, s.name)
+    return certify(ca, directory, s.name, read_one(directory, Name.HOSTNAME) or s.name)
+
+
+def certificate_due(s: VmSession, identity: Identity) -> str | None:
+    """What `certify_host_key` would sign the identity's host key for, changing nothing (plan)."""
+    if s.settings.host_ca is None:
+        return None
+    ca = load_host_ca(s.settings.host_ca, s.settings.project_root, signing=True)
+    host_key = parse_public_key(identity.host_public_key)
+    return due(ca, host_key.blob, identity.host_certificate, s.name, identity.hostname)
+
+
 def create(s: VmSession, image: Path | None, progress: ProgressFactory | None = None) -> CreateResult:
     check_network_reachable(s.name, s.machine, s.hv.uri)  # before anything is made, for `up`
     vols = s.volumes
     directory = machine_dir(s.settings.project_root, s.name)
     generated = tuple(generate_missing(directory, s.name))
+    if certify_host_key(s) is not None:
+        generated += (Name.HOST_CERT,)
     failpoint("create:after-generate")
     identity = checked(s, load_identity(directory, s.name, generate=False))  # before any change
     warn_unknown_files(directory)

@@ -1,7 +1,9 @@
-"""`ssh`: log in to a VM, trusting exactly its identity host key (no trust-on-first-use prompt)."""
+"""`ssh`: log in to a VM, trusting exactly its identity host key, or with a host CA, the CA that
+signed its certificate (no trust-on-first-use prompt)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,9 @@ from pathlib import Path
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, addresses, require
+from ivm.identity.host_ca import HostCa, load_host_ca
 from ivm.identity.source import load_identity, machine_dir
+from ivm.identity.sshcert import ALIAS_PREFIX, Certificate
 from ivm.machines import NetworkType
 from ivm.names import check_vm_name
 from ivm.ops.session import open_hypervisor
@@ -20,6 +24,35 @@ from ivm.runtime_dir import file_name, runtime_dir
 def known_hosts_line(alias: str, public_key: str) -> str:
     key_type, blob = public_key.split()[:2]
     return f"{alias} {key_type} {blob}\n"
+
+
+def known_hosts(targets: Sequence[Target], ca: HostCa | None) -> str:
+    """The pinned known_hosts text: with a CA, one @cert-authority line for every VM whose identity
+    carries a valid certificate from it (a recreated or rolled-back VM keeps passing), and the key
+    of each other VM; without one, the key of each VM."""
+    now = int(time.time())
+    certified = [t for t in targets if ca is not None and covered(t, ca, now)]
+    head = ca.known_hosts_line(",".join(t.alias for t in certified)) if ca is not None and certified else ""
+    rest = "".join(known_hosts_line(t.alias, t.host_public_key) for t in targets if t not in certified)
+    return head + rest
+
+
+def covered(target: Target, ca: HostCa, now: int) -> bool:
+    """The CA vouches for this VM: its certificate is the CA's, names its alias, and is valid now."""
+    cert = target.certificate
+    return (
+        cert is not None
+        and cert.ca_blob == ca.public.blob
+        and target.alias in cert.principals
+        and cert.valid_after <= now < cert.valid_before
+    )
+
+
+def host_ca(settings: Settings) -> HostCa | None:
+    """The CA ssh trusts (--host-ca, IVM_HOST_CA): only its public half is read."""
+    if settings.host_ca is None:
+        return None
+    return load_host_ca(settings.host_ca, settings.project_root, signing=False)
 
 
 # ssh options that a user's ~/.ssh/config could set and that must not apply to a VM whose guest may
@@ -75,6 +108,7 @@ class Target:
     address: str
     host_public_key: str
     port: int | None = None  # a user-mode NIC's forward on the hypervisor's loopback
+    certificate: Certificate | None = None  # the identity's host certificate, if it has one
 
 
 def resolve_target(settings: Settings, name: str) -> Target:
@@ -104,16 +138,23 @@ def resolve_target(settings: Settings, name: str) -> Target:
             "wait for the guest to boot, or check its network",
         )
     return Target(
-        name, uri, f"ivm-{name}", found[0], identity.host_public_key, forward.host if forward else None
+        name,
+        uri,
+        f"{ALIAS_PREFIX}{name}",
+        found[0],
+        identity.host_public_key,
+        forward.host if forward else None,
+        identity.host_certificate,
     )
 
 
 def prepare_ssh(settings: Settings, name: str, user: str, command: Sequence[str]) -> list[str]:
     """Everything `ivm ssh` needs before it hands the terminal to ssh: the argv."""
+    ca = host_ca(settings)  # a CA refused is refused before anything is looked up
     target = resolve_target(settings, name)
     with runtime_dir() as directory:  # rewritten each time: the identity's key is the only truth
-        line = known_hosts_line(target.alias, target.host_public_key)
-        path = directory.write(file_name(target.uri, name, ".known_hosts"), line.encode())
+        text = known_hosts([target], ca)
+        path = directory.write(file_name(target.uri, name, ".known_hosts"), text.encode())
     argv = ssh_argv(target.alias, target.address, user, path, command, target.port)
     argv[0] = find_tool("ssh", "openssh-client")
     return argv

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ivm.config import Settings
 from ivm.errors import ToolError, UsageError
+from ivm.identity.host_ca import HostCa
 from ivm.machines import NetworkType
 from ivm.names import check_vm_name
-from ivm.ops.ssh import HARDENING, Target, known_hosts_line, resolve_target, ssh_config_path
+from ivm.ops.ssh import HARDENING, Target, known_hosts, resolve_target, ssh_config_path
 from ivm.runtime_dir import runtime_dir
 
 KNOWN_HOSTS_SUFFIX = ".known_hosts"
@@ -41,15 +42,18 @@ def host_block(target: Target, user: str, known_hosts: Path) -> str:
 
 
 def render(
-    targets: Sequence[Target], skipped: Sequence[Skipped], user: str, known_hosts: Path
+    targets: Sequence[Target],
+    skipped: Sequence[Skipped],
+    user: str,
+    known_hosts_file: Path,
+    ca: HostCa | None = None,
 ) -> tuple[str, str]:
     """The config text and the known_hosts text it names. Each block ends with an empty line and the
     file has no top-level options, so it can be `Include`d from ~/.ssh/config."""
     head = "# Written by `ivm ssh-config`; regenerate it rather than editing it.\n"
     notes = "".join(f"# {s.name}: skipped: {s.reason}\n" for s in skipped)
-    blocks = "".join(host_block(t, user, known_hosts) + "\n" for t in targets)
-    keys = "".join(known_hosts_line(t.alias, t.host_public_key) for t in targets)
-    return head + notes + ("\n" if notes else "") + blocks, keys
+    blocks = "".join(host_block(t, user, known_hosts_file) + "\n" for t in targets)
+    return head + notes + ("\n" if notes else "") + blocks, known_hosts(targets, ca)
 
 
 def collect(settings: Settings, names: Iterable[str], all_vms: bool) -> tuple[list[Target], list[Skipped]]:

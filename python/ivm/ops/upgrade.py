@@ -34,7 +34,7 @@ from ivm.names import check_vm_name
 from ivm.ops import snapshots as var_snapshots
 from ivm.ops.define import created_base, define
 from ivm.ops.health import wait_healthy
-from ivm.ops.provision import resolve_image, vm_identity
+from ivm.ops.provision import certify_host_key, resolve_image, vm_identity
 from ivm.ops.session import VmSession
 from ivm.ops.workers import Outcome, for_each_vm
 from ivm.volumes import base_volume
@@ -75,6 +75,7 @@ def move_to_base(
 ) -> UpgradeResult:
     """Put VM `s` on base `target` (already in the pool) with a fresh identity disk; with `keep`,
     snapshot /var first (named after the base it ran) and keep the newest `keep` snapshots."""
+    certify_host_key(s)  # with a host CA: a missing, stale or expiring certificate is signed anew
     identity = vm_identity(s, generate=False)  # a bad identity file stops here, before any change
     dom = require(s.domain(), s.name)
     # A run killed between dropping the old overlay or identity disk and making the new one: finish it.

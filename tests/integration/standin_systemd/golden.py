@@ -28,6 +28,7 @@ UNITS = {
 # sshd_config settings the stand-in's sshd takes over (the rest names NixOS store paths).
 SSHD_SETTINGS = (
     "HostKey",
+    "HostCertificate",
     "AuthorizedKeysFile",
     "PasswordAuthentication",
     "KbdInteractiveAuthentication",
