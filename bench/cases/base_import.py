@@ -22,9 +22,9 @@ from tests.lab.second_host import SecondHostError, second_host
 
 from bench.lab import BenchError, Lab
 from bench.stats import Figure, clock
+from ivm.disks import HEADER
 from ivm.hypervisor.storage import Storage
 from ivm.image import _hash_data, as_qcow2, inspect
-from ivm.ops.provision import HEADER
 from ivm.volumes import base_volume
 
 MIB = 1024**2
@@ -57,7 +57,7 @@ def cp_sparse(source: Path, dest: Path) -> float:
 
 
 def parts(lab: Lab, storage: Storage, source: Path) -> dict[str, float]:
-    """ivm's import steps, called as `create` calls them (ivm/ops/provision.py import_base), and the
+    """ivm's import steps, called as `create` calls them (ivm/disks.py import_base), and the
     stream the import used before (and still uses for a remote daemon), on the same file."""
     with clock() as check:
         base = inspect(source)  # with the hash remembered: qemu-img info only

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ivm.domain_xml import Firmware
 from ivm.errors import UsageError
-from ivm.host import default_pool_path
-from ivm.hypervisor.uri import checked_uri
+from ivm.hypervisor.uri import checked_uri, default_pool_path
 from ivm.machines import Machine, get_machine, load_machines
 from ivm.privilege import Account, owner_account
 from ivm.volumes import DEFAULT_POOL

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.errors import ToolError, UsageError
-from ivm.host import is_session
+from ivm.hypervisor.uri import is_session
 
 # Per-user settings a root shell may carry; the owner's own defaults apply instead.
 _ROOTS_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")

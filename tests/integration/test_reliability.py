@@ -557,7 +557,8 @@ def test_unreachable_daemon_in_status_is_reported_not_raised(fleet: Fleet, tmp_p
     r = ivm(fleet, tmp_path / "tmp", "--connect", UNREACHABLE, "status", name, "--json")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     [row] = json.loads(r.stdout)
-    assert row["state"].startswith("unreachable: ") and row["reachable"] is False
+    assert (row["state"], row["reachable"]) == ("unknown", False)
+    assert row["error"].startswith(f"cannot connect to libvirt at {UNREACHABLE}"), row
     assert f"could not reach 1 hypervisor(s): {UNREACHABLE}" in one_line(r.stderr)
 
 
@@ -580,8 +581,13 @@ def test_list_and_status_exit_1_when_one_hypervisor_is_unreachable(
     assert f"could not reach 1 hypervisor(s): {UNREACHABLE}" in last_error(r.stderr)
     if "--json" in command:
         rows = {row["name"]: row for row in json.loads(r.stdout)}
-        assert rows[ok]["reachable"] is True and rows[ok]["state"] == "created, not defined"
-        assert rows[lost]["reachable"] is False and rows[lost]["state"].startswith("unreachable: ")
+        assert (rows[ok]["reachable"], rows[ok]["state"], rows[ok]["error"]) == (
+            True,
+            "created, not defined",
+            None,
+        )
+        assert (rows[lost]["reachable"], rows[lost]["state"]) == (False, "unknown")
+        assert rows[lost]["error"].startswith(f"cannot connect to libvirt at {UNREACHABLE}")
     else:
         assert re.search(rf"^{ok}\s+created, not defined", r.stdout, re.MULTILINE), r.stdout
         assert re.search(rf"^{lost}\s+unreachable: ", r.stdout, re.MULTILINE), r.stdout

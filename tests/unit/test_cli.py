@@ -13,8 +13,10 @@ from lxml import etree
 
 from ivm.cli import cli
 from ivm.domain_xml import DomainSpec, Metadata, domain_mac, domain_uuid, domain_xml
+from ivm.hypervisor.domains import State
 from ivm.identity.source import generate_missing
 from ivm.machines import parse_machines
+from ivm.ops.status import VmState
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, RunCli, machine_entry
 
@@ -148,8 +150,31 @@ def test_status_and_list_on_an_empty_pool(run_cli: RunCli) -> None:
     rows = json.loads(r.stdout)
     assert [row["name"] for row in rows] == ["web1", "web2"]
     assert {row["state"] for row in rows} == {"not defined"}
+    assert {(row["reachable"], row["error"]) for row in rows} == {(True, None)}
     r = run_cli("list")
     assert r.exit_code == 0 and r.stdout.splitlines()[0].startswith("web1")
+
+
+def test_status_json_keeps_the_error_out_of_the_state(run_cli: RunCli) -> None:
+    """An unreachable hypervisor: state is "unknown" and `error` says why, so a consumer of the
+    JSON never finds a message where a state belongs."""
+    unreachable = "qemu+unix:///system?socket=/nonexistent/sock"  # accepted, but nothing listens
+    r = run_cli("status", "--json", "--no-eval", uri=unreachable)
+    assert r.exit_code == 1, r.output
+    rows = json.loads(r.stdout)
+    assert [(row["name"], row["state"], row["reachable"]) for row in rows] == [
+        ("web1", "unknown", False),
+        ("web2", "unknown", False),
+    ]
+    assert all(row["error"].startswith(f"cannot connect to libvirt at {unreachable}") for row in rows)
+    r = run_cli("list", uri=unreachable)
+    assert r.exit_code == 1 and r.stdout.startswith("web1  unreachable: cannot connect"), r.stdout
+
+
+def test_every_domain_state_is_a_vm_state() -> None:
+    """`status` turns a domain's state into a VmState: a new domain state needs a VmState too."""
+    assert {s.value for s in State} <= {v.value for v in VmState}
+    assert VmState.UNKNOWN.value not in {s.value for s in State}
 
 
 def _define_on_test_driver(conn: Any, name: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 import libvirt
 import pytest
 
 from ivm.errors import ToolError
+from ivm.hypervisor.handles import Connection
 from ivm.hypervisor.ownership import expected, judge
 from ivm.hypervisor.security import UID_RANGE, choose_uid, dac_label, needs_own_uid, qemu_gid, static_uid
 from ivm.volumes import vm_volumes
@@ -125,11 +127,11 @@ class _Conn:
 def test_a_domain_undefined_while_listing_is_skipped_not_an_error() -> None:
     mine = choose_uid("web1", None, set())
     other = _Domain("other", mine)  # holds the uid web1 would take: web1 must pick another
-    label = dac_label(
-        _Conn(_Domain("gone", 0, gone=libvirt.VIR_ERR_NO_DOMAIN), other), "qemu:///system", "web1", "qemu"
-    )
+    conn = cast(
+        Connection, _Conn(_Domain("gone", 0, gone=libvirt.VIR_ERR_NO_DOMAIN), other)
+    )  # a partial fake
+    label = dac_label(conn, "qemu:///system", "web1", "qemu")
     assert label is not None and label.uid != mine and label.gid == 64055
     with pytest.raises(ToolError, match="listing domains"):  # any other failure still fails
-        dac_label(
-            _Conn(_Domain("bad", 0, gone=libvirt.VIR_ERR_INTERNAL_ERROR)), "qemu:///system", "web1", "qemu"
-        )
+        bad = cast(Connection, _Conn(_Domain("bad", 0, gone=libvirt.VIR_ERR_INTERNAL_ERROR)))
+        dac_label(bad, "qemu:///system", "web1", "qemu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -133,9 +133,11 @@ def test_a_shutdown_wait_says_what_it_waits_for_and_how_long(caplog: pytest.LogC
     import logging
 
     from ivm.hypervisor.domains import Domains
+    from ivm.hypervisor.handles import Connection, DomainHandle
 
     with caplog.at_level(logging.INFO, logger="ivm.domains"):
-        assert Domains(None).wait_off(_StubbornGuest(), timeout=0.7, every=0.3) is False
+        guest = cast(DomainHandle, _StubbornGuest())  # a partial fake: name() and state() only
+        assert Domains(cast(Connection, None)).wait_off(guest, timeout=0.7, every=0.3) is False
     lines = caplog.messages
     assert lines[0] == "waiting up to 0.7 s for stubborn to shut down (ACPI power button)"
     assert any(

@@ -15,9 +15,9 @@ import pytest
 from ivm.config import Settings
 from ivm.domain_xml import Metadata, metadata_element
 from ivm.hypervisor.domains import Domains, State
+from ivm.hypervisor.host import Hypervisor
 from ivm.hypervisor.storage import Storage
 from ivm.ops import status as status_ops
-from ivm.ops.session import Hypervisor
 from ivm.storage_xml import volume_xml
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, machine_entry
@@ -99,7 +99,7 @@ def test_status_of_a_fleet_looks_nothing_up_per_vm(
 
     @contextmanager
     def counted(_settings: Settings, uri: str) -> Iterator[Hypervisor]:
-        yield Hypervisor(uri, conn, Storage(conn, "default-pool", "/default-pool"), Domains(conn))
+        yield Hypervisor(uri, Storage(conn, "default-pool", "/default-pool"), Domains(conn), conn)
 
     monkeypatch.setattr(status_ops, "open_hypervisor", counted)
     rows = status_ops.status(settings, evaluate=False)

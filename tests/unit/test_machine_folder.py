@@ -54,7 +54,8 @@ def test_upgrade_refuses_a_symlinked_machine_folder(
 ) -> None:
     # The test driver cannot upload a base: the build and import are taken as done.
     monkeypatch.setattr(
-        "ivm.ops.upgrade.resolve_image", lambda s, image: BaseImage(raw_image, "raw", "b" * 32)
+        "ivm.ops.upgrade.resolve_image",
+        lambda settings, machine, image: BaseImage(raw_image, "raw", "b" * 32),
     )
     monkeypatch.setattr("ivm.ops.upgrade.import_base", lambda hv, base, progress: None)
     r = run_cli("upgrade", "web1", "--image", str(raw_image))

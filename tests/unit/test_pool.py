@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import libvirt
 import pytest
 
 from ivm.config import Settings
 from ivm.errors import ToolError, UsageError
+from ivm.hypervisor.handles import Connection
 from ivm.hypervisor.storage import Storage
 from tests.conftest import RunCli
 from tests.unit.test_cli import one_error_line
@@ -88,7 +89,7 @@ def test_a_pool_that_fails_to_start_is_undone(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     pool = _FailingPool()
     with pytest.raises(ToolError, match="creating storage pool p"):
-        Storage(_Conn(pool), "p", str(tmp_path / "p")).ensure()
+        Storage(cast(Connection, _Conn(pool)), "p", str(tmp_path / "p")).ensure()
     assert pool.calls == ["build", "delete", "undefine"]
 
 

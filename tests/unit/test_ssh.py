@@ -6,12 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import libvirt
 import pytest
 
 from ivm.hypervisor.domains import Domains, State, addresses, interface_macs, routable_ip, usable_addresses
+from ivm.hypervisor.handles import DomainHandle
 from ivm.identity.source import generate_missing
 from ivm.ops.ssh import HARDENING, ssh_argv
 from tests.conftest import Project, RunCli, machine_entry
@@ -25,6 +26,10 @@ DOMAIN_XML = f"""<domain type='qemu'><name>web1</name><devices>
 
 def iface(addrs: list[str], hwaddr: str = MAC) -> dict[str, Any]:
     return {"hwaddr": hwaddr, "addrs": [{"type": 0, "addr": a, "prefix": 24} for a in addrs]}
+
+
+def _handle(fake: object) -> DomainHandle:
+    return cast(DomainHandle, fake)  # a partial fake of what addresses() calls
 
 
 class FakeDomain:
@@ -73,14 +78,14 @@ class FakeDomain:
 )
 def test_a_guest_reported_value_that_is_not_a_reachable_ip_is_dropped(value: str) -> None:
     assert routable_ip(value) is None
-    assert addresses(FakeDomain({"eth0": iface([value])})) == []
+    assert addresses(_handle(FakeDomain({"eth0": iface([value])}))) == []
 
 
 @pytest.mark.parametrize(
     ("value", "canonical"), [("192.0.2.5", "192.0.2.5"), ("2001:DB8::0:5", "2001:db8::5")]
 )
 def test_a_real_address_is_kept_in_canonical_form(value: str, canonical: str) -> None:
-    assert addresses(FakeDomain({"eth0": iface([value])})) == [canonical]
+    assert addresses(_handle(FakeDomain({"eth0": iface([value])}))) == [canonical]
 
 
 def test_only_the_domains_own_nic_counts() -> None:
@@ -90,13 +95,13 @@ def test_only_the_domains_own_nic_counts() -> None:
         "evil": iface(["198.51.100.7"], "52:54:00:66:66:66"),
         "nomac": {"addrs": [{"addr": "198.51.100.8"}]},
     }
-    assert addresses(FakeDomain(agent)) == ["192.0.2.5"]
+    assert addresses(_handle(FakeDomain(agent))) == ["192.0.2.5"]
     assert interface_macs(DOMAIN_XML) == {MAC}
 
 
 def test_leases_come_before_the_agent() -> None:
     dom = FakeDomain({"eth0": iface(["192.0.2.9"])}, lease={"vnet0": iface(["192.0.2.5"])})
-    assert addresses(dom) == ["192.0.2.5"]
+    assert addresses(_handle(dom)) == ["192.0.2.5"]
 
 
 def test_malformed_agent_answers_are_ignored() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from ivm.cli import output
 from ivm.ops.gc import GcResult
-from ivm.ops.status import VmStatus
+from ivm.ops.status import VmState, VmStatus
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def _row(**kw: object) -> VmStatus:
     values: dict[str, object] = {
         "name": "web1",
         "uri": "qemu:///system",
-        "state": "running",
+        "state": VmState.RUNNING,
         "base": "a" * 32,
         "previous_base": "b" * 32,
         "volumes": {"web1-var.qcow2": True},
@@ -46,6 +46,12 @@ def test_status_text_shows_drift_and_previous_base(capsys: pytest.CaptureFixture
     assert "behind: no; previous base -" in out
     output.print_status([_row(behind=None)], as_json=False, detail=True)
     assert "behind: unknown" in capsys.readouterr().out
+
+
+def test_status_text_says_why_a_vm_is_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    row = _row(state=VmState.UNKNOWN, reachable=False, error="cannot connect to libvirt at x", base=None)
+    output.print_status([row], as_json=False, detail=False)
+    assert capsys.readouterr().out == "web1  unreachable: cannot connect to libvirt at x  base -\n"
 
 
 def test_gc_result_says_why_each_base_is_kept() -> None:

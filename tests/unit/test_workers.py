@@ -12,8 +12,9 @@ import pytest
 
 from ivm.config import Settings
 from ivm.errors import ToolError
+from ivm.hypervisor.host import Hypervisor
 from ivm.ops import workers
-from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
+from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.upgrade import FleetResult, Rollout, UpgradeResult
 from tests.conftest import Project, RunCli, machine_entry
 

@@ -29,7 +29,9 @@ from ivm.ops.session import vm_session
 
 
 @cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (docs/operations.md lists its fields)."
+)
 @click.pass_obj
 def list_(settings: Settings, as_json: bool) -> None:
     """List every machine with its state and base. Exit code 1 if any hypervisor could not be
@@ -44,7 +46,9 @@ def list_(settings: Settings, as_json: bool) -> None:
 
 @cli.command()
 @NAMES
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (docs/operations.md lists its fields)."
+)
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
 @click.pass_obj
@@ -64,7 +68,9 @@ def status(
 @cli.command()
 @NAMES
 @click.option("--all", "all_vms", is_flag=True, help="Every machine; also list orphaned domains.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (docs/operations.md lists its fields)."
+)
 @IMAGE_OPTION
 @click.option("--no-eval", is_flag=True, help="Do not evaluate the flake to find the current build.")
 @HOST_CA_OPTION

@@ -56,7 +56,8 @@ def print_status(rows: list[status_ops.VmStatus], as_json: bool, detail: bool) -
     width = max(len(r.name) for r in rows)
     for r in rows:
         base = r.base[:12] if r.base else "-"
-        line = f"{r.name:<{width}}  {r.state:<20}  base {base}"
+        state = r.state if r.reachable else f"unreachable: {r.error}"
+        line = f"{r.name:<{width}}  {state:<20}  base {base}"
         if detail:
             disks = " ".join(f"{v}{'' if ok else ' (missing)'}" for v, ok in r.volumes.items())
             used = _size(r.var_used_bytes) if r.var_used_bytes is not None else "-"

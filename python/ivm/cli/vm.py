@@ -14,7 +14,6 @@ from ivm.cli.options import HOST_CA_OPTION, IMAGE_OPTION, NAME, shutdown_options
 from ivm.config import Settings
 from ivm.identity.disk import build_identity_disk
 from ivm.identity.source import load_identity
-from ivm.image import image_file, inspect, nix_build
 from ivm.names import check_vm_name
 from ivm.ops import define as define_ops
 from ivm.ops import destroy as destroy_ops
@@ -28,10 +27,7 @@ from ivm.run import find_tool
 @click.pass_obj
 def build(settings: Settings, name: str) -> None:
     """Build NAME's base image with Nix and print its path and base hash."""
-    check_vm_name(name)
-    machine = settings.machine(name)
-    built = nix_build(settings.flake_ref(), machine.image_attr, settings.nix, settings.nix_account)
-    image = inspect(image_file(built))
+    image = provision.resolve_image(settings, settings.machine(check_vm_name(name)), None)
     click.echo(f"{image.path}\tbase-{image.hash}")
 
 
@@ -122,9 +118,9 @@ def stop(settings: Settings, name: str, force: bool, timeout: float) -> None:
         how = power.stop(s, force, timeout)
     click.echo(
         {
-            "already": f"{name}: already stopped",
-            "shutdown": f"{name}: stopped",
-            "forced": f"{name}: powered off (forced)",
+            power.Stopped.ALREADY: f"{name}: already stopped",
+            power.Stopped.SHUTDOWN: f"{name}: stopped",
+            power.Stopped.FORCED: f"{name}: powered off (forced)",
         }[how]
     )
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import libvirt
 import libvirt_qemu
 
+from ivm.hypervisor.handles import DomainHandle
+from ivm.poll import Deadline, poll
+
 log = logging.getLogger("ivm.agent")
 CALL_TIMEOUT_S = 5  # one agent call; a guest still booting has no agent yet and fails at once
 
 
-def _call(dom: Any, command: dict[str, Any]) -> Any:
+def _call(dom: DomainHandle, command: dict[str, Any]) -> Any:
     """One agent command's `return` value; None when the agent does not answer (yet)."""
     try:
         reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), CALL_TIMEOUT_S, 0)
@@ -28,21 +30,25 @@ def _call(dom: Any, command: dict[str, Any]) -> Any:
         return None
 
 
-def ping(dom: Any) -> bool:
+def ping(dom: DomainHandle) -> bool:
     """True when the guest agent answers guest-ping."""
     return _call(dom, {"execute": "guest-ping"}) is not None
 
 
-def run_check(dom: Any, argv: tuple[str, ...], deadline: float) -> int | None:
+def run_check(dom: DomainHandle, argv: tuple[str, ...], deadline: Deadline) -> int | None:
     """Run `argv` in the guest (guest-exec: no shell, output not captured); its exit code, or None
-    when it could not be started or did not finish by `deadline` (time.monotonic())."""
+    when it could not be started or did not finish by `deadline`."""
     started = _call(dom, {"execute": "guest-exec", "arguments": {"path": argv[0], "arg": list(argv[1:])}})
     if not isinstance(started, dict) or not isinstance(started.get("pid"), int):
         return None
-    while time.monotonic() < deadline:
-        status = _call(dom, {"execute": "guest-exec-status", "arguments": {"pid": started["pid"]}})
+    pid = started["pid"]
+
+    def exited() -> tuple[int | None] | None:
+        status = _call(dom, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
         if isinstance(status, dict) and status.get("exited"):
             code = status.get("exitcode")
-            return code if isinstance(code, int) else None
-        time.sleep(0.5)
-    return None
+            return (code if isinstance(code, int) else None,)
+        return None
+
+    found = poll(exited, deadline, interval=0.5, what=f"{argv[0]} in {dom.name()}")
+    return found[0] if found is not None else None

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-from urllib.parse import urlsplit
 
 import libvirt
 
 from ivm.errors import ToolError, UsageError
+from ivm.hypervisor.handles import Connection
 from ivm.hypervisor.uri import checked_uri, socket_problem
 
 log = logging.getLogger("ivm.libvirt")
@@ -23,11 +22,6 @@ def _quiet(_ctx: object, _err: object) -> None:
 libvirt.registerErrorHandler(_quiet, None)
 
 
-def is_local(uri: str) -> bool:
-    """A URI without a host part talks to this machine (qemu:///system, test:///default)."""
-    return urlsplit(uri).netloc == ""
-
-
 @contextmanager
 def libvirt_errors(action: str, uri: str | None = None) -> Iterator[None]:
     """Run a block of libvirt calls; a libvirtError becomes one ToolError saying what failed."""
@@ -37,7 +31,7 @@ def libvirt_errors(action: str, uri: str | None = None) -> Iterator[None]:
         raise translate(e, action, uri) from None
 
 
-def translate(e: Any, action: str, uri: str | None = None) -> ToolError:
+def translate(e: libvirt.libvirtError, action: str, uri: str | None = None) -> ToolError:
     message = (e.get_error_message() or str(e)).strip()
     log.debug("libvirt error while %s: code=%s %s", action, e.get_error_code(), message)
     lowered = message.lower()
@@ -77,7 +71,7 @@ def _cannot_connect(uri: str | None, message: str) -> ToolError:
 
 
 @contextmanager
-def connect(uri: str) -> Iterator[Any]:
+def connect(uri: str) -> Iterator[Connection]:
     """An open libvirt connection, closed afterwards; only to a URI hypervisor/uri.py accepts."""
     problem = socket_problem(checked_uri(uri))
     if problem is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -14,6 +13,8 @@ from lxml import etree
 
 from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
+from ivm.hypervisor.handles import Connection, DomainHandle
+from ivm.poll import SYSTEM, Clock, Deadline, poll
 
 log = logging.getLogger("ivm.domains")
 PROGRESS_EVERY = 10.0  # seconds between "still waiting" lines
@@ -42,9 +43,9 @@ _STATES = {
 
 
 class Domains:
-    def __init__(self, conn: Any):
+    def __init__(self, conn: Connection):
         self.conn = conn
-        self._listed: dict[str, Any] | None = None  # every domain, when a fleet-wide read asked
+        self._listed: dict[str, DomainHandle] | None = None  # every domain, when a fleet-wide read asked
         self._states: dict[str, int] = {}
 
     def list_all(self) -> None:
@@ -55,7 +56,7 @@ class Domains:
         self._states = {dom.name(): int(values["state.state"]) for dom, values in stats}
         self._listed = {dom.name(): dom for dom, _values in stats}
 
-    def lookup(self, name: str) -> Any:
+    def lookup(self, name: str) -> DomainHandle | None:
         if self._listed is not None:
             return self._listed.get(name)
         try:
@@ -73,11 +74,11 @@ class Domains:
                 return None
             raise translate(e, f"looking up the domain with UUID {uuid}") from None
 
-    def all(self) -> list[Any]:
+    def all(self) -> list[DomainHandle]:
         with libvirt_errors("listing domains"):
             return list(self.conn.listAllDomains(0))
 
-    def state(self, dom: Any) -> State:
+    def state(self, dom: DomainHandle | None) -> State:
         if dom is None:
             return State.UNDEFINED
         if self._listed is not None and dom.name() in self._states:
@@ -86,21 +87,21 @@ class Domains:
             code = dom.state()[0]
         return _STATES.get(code, State.OTHER)
 
-    def xml(self, dom: Any) -> str:
+    def xml(self, dom: DomainHandle) -> str:
         """The persistent (inactive) definition: what the next boot will use."""
         with libvirt_errors("reading a domain's XML"):
             return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
-    def define(self, xml: str, name: str) -> Any:
+    def define(self, xml: str, name: str) -> DomainHandle:
         self._listed, self._states = None, {}
         with libvirt_errors(f"defining domain {name}"):
             return self.conn.defineXML(xml)
 
-    def start(self, dom: Any) -> None:
+    def start(self, dom: DomainHandle) -> None:
         with libvirt_errors(f"starting {dom.name()}"):
             dom.create()
 
-    def shutdown(self, dom: Any, timeout: float) -> bool:
+    def shutdown(self, dom: DomainHandle, timeout: float) -> bool:
         """Ask the guest to power off (ACPI); True once it is off within `timeout` seconds."""
         name = dom.name()
         with libvirt_errors(f"shutting down {name}"):
@@ -111,28 +112,26 @@ class Domains:
                     raise
         return self.wait_off(dom, timeout)
 
-    def wait_off(self, dom: Any, timeout: float, every: float = PROGRESS_EVERY) -> bool:
+    def wait_off(
+        self, dom: DomainHandle, timeout: float, every: float = PROGRESS_EVERY, clock: Clock = SYSTEM
+    ) -> bool:
         """Wait for the guest to power off, saying what for and how long, and every `every`
         seconds how long it has waited (a guest that ignores ACPI would otherwise mean silence)."""
-        start = time.monotonic()
-        deadline, told = start + timeout, start
+        deadline = Deadline.after(timeout, clock)
         if self.state(dom) is State.SHUT_OFF:
             return True
         log.info("waiting up to %g s for %s to shut down (ACPI power button)", timeout, dom.name())
-        while True:
-            if self.state(dom) is State.SHUT_OFF:
-                return True
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            if now - told >= every:
-                told = now
-                log.info(
-                    "still waiting for %s to shut down: %.0f s of %g s", dom.name(), now - start, timeout
-                )
-            time.sleep(0.2)
+        off = poll(
+            lambda: True if self.state(dom) is State.SHUT_OFF else None,
+            deadline,
+            interval=0.2,
+            what=f"{dom.name()} to shut down",
+            report_every=every,
+            logger=log,
+        )
+        return off is not None
 
-    def power_off(self, dom: Any) -> None:
+    def power_off(self, dom: DomainHandle) -> None:
         """Pull the plug (virsh destroy); the definition and disks stay."""
         with libvirt_errors(f"forcing {dom.name()} off"):
             try:
@@ -141,7 +140,7 @@ class Domains:
                 if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
                     raise
 
-    def undefine(self, dom: Any) -> None:
+    def undefine(self, dom: DomainHandle) -> None:
         """Remove the definition and its firmware variables (nvram)."""
         name = dom.name()
         self._listed, self._states = None, {}
@@ -165,7 +164,7 @@ class Domains:
         log.debug("undefined %s", name)
 
 
-def require(dom: Any, name: str) -> Any:
+def require(dom: DomainHandle | None, name: str) -> DomainHandle:
     if dom is None:
         raise ToolError(f"{name} is not defined", f"run `ivm define {name}` (or `ivm up {name}`)")
     return dom
@@ -174,7 +173,7 @@ def require(dom: Any, name: str) -> Any:
 PENDING_NS = "urn:x-ivm:pending:1"
 
 
-def _set_marker(dom: Any, namespace: str, element: str, prefix: str, on: bool, what: str) -> None:
+def _set_marker(dom: DomainHandle, namespace: str, element: str, prefix: str, on: bool, what: str) -> None:
     """Set or clear an empty element in the persistent definition's metadata: it outlives a
     crashed ivm run, so the next run knows what is still owed."""
     with libvirt_errors(f"recording {what} of {dom.name()}"):
@@ -187,7 +186,7 @@ def _set_marker(dom: Any, namespace: str, element: str, prefix: str, on: bool, w
         )
 
 
-def _has_marker(dom: Any, namespace: str) -> bool:
+def _has_marker(dom: DomainHandle, namespace: str) -> bool:
     try:
         dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     except libvirt.libvirtError as e:
@@ -197,17 +196,17 @@ def _has_marker(dom: Any, namespace: str) -> bool:
     return True
 
 
-def set_restart_pending(dom: Any, pending: bool) -> None:
+def set_restart_pending(dom: DomainHandle, pending: bool) -> None:
     """Remember that a run owes this VM a start (it stopped it, or defined it new) or, while it
     runs, a restart into its new definition, so a re-run after a crash still makes it."""
     _set_marker(dom, PENDING_NS, "restart", "ivmp", pending, "the upgrade")
 
 
-def restart_pending(dom: Any) -> bool:
+def restart_pending(dom: DomainHandle) -> bool:
     return _has_marker(dom, PENDING_NS)
 
 
-def addresses(dom: Any) -> list[str]:
+def addresses(dom: DomainHandle) -> list[str]:
     """The VM's IP addresses: from libvirt's DHCP leases, else from the guest agent.
 
     The agent's answer is the guest's word: only IP addresses of the domain's own NICs are kept.
@@ -271,11 +270,11 @@ def routable_ip(value: object) -> str | None:
 HEALTH_NS = "urn:x-ivm:health:1"
 
 
-def set_health_pending(dom: Any, pending: bool) -> None:
+def set_health_pending(dom: DomainHandle, pending: bool) -> None:
     """Remember that an upgrade restarted this VM on a new base and has not yet seen it healthy, so
     a re-run after a crash still judges it (and rolls it back if need be)."""
     _set_marker(dom, HEALTH_NS, "health", "ivmh", pending, "the health check")
 
 
-def health_pending(dom: Any) -> bool:
+def health_pending(dom: DomainHandle) -> bool:
     return _has_marker(dom, HEALTH_NS)

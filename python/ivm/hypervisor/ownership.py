@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.errors import ToolError
-from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.storage import Storage
+from ivm.hypervisor.uri import is_local
 from ivm.volumes import VmVolumes
 
 

@@ -10,13 +10,13 @@ allocation scheme), with the daemon's QEMU group (which opens libvirt's per-doma
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import libvirt
 from lxml import etree
 
 from ivm.domain_xml import DacLabel
 from ivm.hypervisor.connection import libvirt_errors
+from ivm.hypervisor.handles import Connection, DomainHandle
 from ivm.hypervisor.uri import parse_uri
 
 UID_RANGE = range(0x70000000, 0x71000000)  # 1879048192-1895825407: free in systemd's UID ranges
@@ -66,7 +66,7 @@ def choose_uid(name: str, current: int | None, taken: set[int]) -> int:
     raise RuntimeError("every uid of the range is taken")  # 16 million domains: not reachable
 
 
-def has_dac(conn: Any) -> bool:
+def has_dac(conn: Connection) -> bool:
     """The daemon runs libvirt's DAC security driver, so a per-disk DAC seclabel is understood
     (system daemons; a session daemon runs QEMU as the user and has none, and refuses one)."""
     with libvirt_errors("reading the hypervisor's capabilities"):
@@ -74,7 +74,7 @@ def has_dac(conn: Any) -> bool:
     return "dac" in {m.text for m in etree.fromstring(caps.encode()).iterfind("host/secmodel/model")}
 
 
-def dac_label(conn: Any, uri: str, name: str, virt_type: str) -> DacLabel | None:
+def dac_label(conn: Connection, uri: str, name: str, virt_type: str) -> DacLabel | None:
     """The static DAC label domain `name` should have on this connection, or None where the
     daemon's own QEMU user is safe (a MAC driver, or a session daemon)."""
     with libvirt_errors("reading the hypervisor's capabilities"):
@@ -99,7 +99,7 @@ def dac_label(conn: Any, uri: str, name: str, virt_type: str) -> DacLabel | None
     return DacLabel(choose_uid(name, current, taken), gid)
 
 
-def _xml_unless_gone(dom: Any) -> str | None:
+def _xml_unless_gone(dom: DomainHandle) -> str | None:
     """The domain's XML, or None if it was undefined since it was listed (another client's work)."""
     try:
         return str(dom.XMLDesc(0))

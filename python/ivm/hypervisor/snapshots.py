@@ -7,7 +7,6 @@ disk's own qcow2 file (no copy, no host-side write from ivm), and later writes a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import libvirt
 from lxml import etree
@@ -15,6 +14,7 @@ from lxml.builder import E
 
 from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors
+from ivm.hypervisor.handles import DomainHandle
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def disk_target(domain_xml: str, volume: str) -> str:
     raise ToolError(f"the domain has no disk on volume {volume}", "redefine it with `ivm define`")
 
 
-def create(dom: Any, name: str, description: str, target: str) -> None:
+def create(dom: DomainHandle, name: str, description: str, target: str) -> None:
     """Snapshot disk `target` alone (the others are read-only or raw) of the shut-off domain."""
     root = etree.fromstring(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).encode())
     disks = [
@@ -46,7 +46,7 @@ def create(dom: Any, name: str, description: str, target: str) -> None:
         dom.snapshotCreateXML(xml.decode(), 0)
 
 
-def listed(dom: Any) -> list[Snapshot]:
+def listed(dom: DomainHandle) -> list[Snapshot]:
     """The domain's snapshots, oldest first."""
     with libvirt_errors(f"listing the snapshots of {dom.name()}"):
         found = []
@@ -60,11 +60,11 @@ def listed(dom: Any) -> list[Snapshot]:
     return sorted(found, key=lambda s: (s.created, s.name))
 
 
-def revert(dom: Any, name: str) -> None:
+def revert(dom: DomainHandle, name: str) -> None:
     with libvirt_errors(f"restoring snapshot {name} of {dom.name()}"):
         dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
 
 
-def delete(dom: Any, name: str) -> None:
+def delete(dom: DomainHandle, name: str) -> None:
     with libvirt_errors(f"deleting snapshot {name} of {dom.name()}"):
         dom.snapshotLookupByName(name, 0).delete(0)

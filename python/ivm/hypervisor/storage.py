@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import libvirt
@@ -21,24 +20,26 @@ from lxml import etree
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.connection import libvirt_errors, translate
+from ivm.hypervisor.handles import Connection, PoolHandle, StreamHandle, VolumeHandle
 from ivm.lock import resource_lock
 from ivm.storage_xml import pool_xml, source_pool_xml, volume_xml
 
 log = logging.getLogger("ivm.storage")
 CHUNK = 4 * 1024 * 1024
 Progress = Callable[[int], None]
+POOL_WAIT_S = 300.0  # another run defining, building and starting the pool
 SOURCE_POOL_PREFIX = "ivm-import-"  # transient pools over a local import's temporary folder
 
 
 class Storage:
     """One storage pool on one connection."""
 
-    def __init__(self, conn: Any, name: str, path: str):
+    def __init__(self, conn: Connection, name: str, path: str):
         self.conn = conn
         self.name = name
         self.path = path
-        self._pool: Any = None
-        self._listed: dict[str, Any] | None = None  # every volume, when a fleet-wide read asked
+        self._pool: PoolHandle | None = None
+        self._listed: dict[str, VolumeHandle] | None = None  # every volume, when a fleet-wide read asked
 
     def list_all(self) -> None:
         """Fetch every volume of the pool in one call, so that looking up hundreds costs no more
@@ -48,7 +49,7 @@ class Storage:
             with libvirt_errors(f"listing volumes of pool {self.name}"):
                 self._listed = {vol.name(): vol for vol in pool.listAllVolumes(0)}
 
-    def find(self) -> Any:
+    def find(self) -> PoolHandle | None:
         """The pool if it exists (started and refreshed), else None. Creates nothing."""
         if self._pool is None:
             pool = self._lookup()
@@ -62,7 +63,7 @@ class Storage:
             self._pool = pool
         return self._pool
 
-    def _lookup(self) -> Any:
+    def _lookup(self) -> PoolHandle | None:
         try:
             return self.conn.storagePoolLookupByName(self.name)
         except libvirt.libvirtError as e:
@@ -70,16 +71,16 @@ class Storage:
                 return None
             raise
 
-    def _start(self, pool: Any) -> None:
+    def _start(self, pool: PoolHandle) -> None:
         if not pool.isActive():
             pool.create(0)
 
     def _creation_lock(self) -> AbstractContextManager[None]:
         """Two runs using a new pool at once: one defines, builds and starts it, the other waits.
         (flock: never taken twice by one process, which would wait for itself.)"""
-        return resource_lock(self.conn.getURI(), f"_pool-{self.name}", wait=True)
+        return resource_lock(self.conn.getURI(), f"_pool-{self.name}", wait=POOL_WAIT_S)
 
-    def ensure(self) -> Any:
+    def ensure(self) -> PoolHandle:
         """The pool, defined, built, started and autostarted on first use."""
         with libvirt_errors(f"looking up storage pool {self.name}"):
             pool = self.find()
@@ -101,7 +102,7 @@ class Storage:
         self._pool = pool
         return pool
 
-    def _define_error(self, e: Any) -> ToolError:
+    def _define_error(self, e: libvirt.libvirtError) -> ToolError:
         message = (e.get_error_message() or str(e)).strip()
         if "source conflict" in message.lower() or "already exists" in message.lower():
             return ToolError(
@@ -140,7 +141,7 @@ class Storage:
         self._pool = None
         return True
 
-    def volume(self, name: str) -> Any:
+    def volume(self, name: str) -> VolumeHandle | None:
         if self._listed is not None:
             return self._listed.get(name)
         pool = self.find()
@@ -196,7 +197,7 @@ class Storage:
             _type, capacity, allocation = vol.info()
         return int(capacity), int(allocation)
 
-    def create(self, xml: str, name: str) -> Any:
+    def create(self, xml: str, name: str) -> VolumeHandle:
         self._listed = None
         pool = self.ensure()
         log.debug("creating volume %s", name)
@@ -251,7 +252,7 @@ class Storage:
             raise
         self._finish(vol, name, source, header, secret)
 
-    def _finish(self, vol: Any, name: str, source: Path, header: int, secret: bool) -> None:
+    def _finish(self, vol: VolumeHandle, name: str, source: Path, header: int, secret: bool) -> None:
         """Write the header, the completeness marker, last."""
         try:
             failpoint("upload:data-sent")  # everything but the header: an incomplete volume
@@ -260,10 +261,12 @@ class Storage:
         except BaseException:
             _delete_quietly(vol, name, wipe=secret)
             raise
-        with libvirt_errors(f"refreshing pool {self.name}"):
-            _refresh(self.find())
+        pool = self.find()
+        if pool is not None:
+            with libvirt_errors(f"refreshing pool {self.name}"):
+                _refresh(pool)
 
-    def _clone(self, name: str, source: Path, header: int, mode: str) -> Any:
+    def _clone(self, name: str, source: Path, header: int, mode: str) -> VolumeHandle | None:
         """The volume, holding everything but the header, copied by the daemon; None if the daemon
         cannot see the file (then the caller streams it)."""
         pool = self.ensure()
@@ -304,7 +307,7 @@ class Storage:
         return b"".join(chunks)[:length]
 
 
-def _build_or_undo(pool: Any, path: str) -> None:
+def _build_or_undo(pool: PoolHandle, path: str) -> None:
     """Build, start and autostart a just-defined pool; on failure leave nothing behind: no
     directory it made, no definition."""
     made_dir = not Path(path).exists()  # pool.delete only removes an empty directory, never files
@@ -333,7 +336,7 @@ def shares_files(uri: str) -> bool:
 
 
 @contextmanager
-def _source_pool(conn: Any, folder: Path) -> Iterator[Any]:
+def _source_pool(conn: Connection, folder: Path) -> Iterator[PoolHandle | None]:
     """A transient dir pool over `folder`, destroyed on exit (which never touches the files); None
     if the daemon cannot make one. Pools left by killed runs are removed first."""
     _remove_stale_source_pools(conn)
@@ -353,7 +356,7 @@ def _source_pool(conn: Any, folder: Path) -> Iterator[Any]:
             log.warning("could not remove the transient storage pool %s; the next import does", name)
 
 
-def _remove_stale_source_pools(conn: Any) -> None:
+def _remove_stale_source_pools(conn: Connection) -> None:
     """Transient import pools whose ivm process is gone (killed while the daemon copied)."""
     try:
         pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT)
@@ -383,7 +386,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _refresh(pool: Any) -> None:
+def _refresh(pool: PoolHandle) -> None:
     """Rescan the pool; skipped while another client streams a volume in it (libvirt refuses a
     refresh then, and volumes made through the API are known to it without one)."""
     try:
@@ -395,7 +398,13 @@ def _refresh(pool: Any) -> None:
 
 
 def _upload(
-    conn: Any, vol: Any, source: Path, start: int, end: int, progress: Progress | None, sparse: bool
+    conn: Connection,
+    vol: VolumeHandle,
+    source: Path,
+    start: int,
+    end: int,
+    progress: Progress | None,
+    sparse: bool,
 ) -> None:
     if end <= start:
         return
@@ -432,7 +441,7 @@ def _upload(
         raise
 
 
-def _send(stream: Any, chunk: bytes) -> None:
+def _send(stream: StreamHandle, chunk: bytes) -> None:
     while chunk:
         sent = stream.send(chunk)  # a blocking stream takes the whole chunk: no copy in the common case
         if sent < 0:
@@ -454,7 +463,7 @@ def _next_hole(fd: int, pos: int, end: int) -> int:
         return end
 
 
-def _wipe(vol: Any, name: str) -> None:
+def _wipe(vol: VolumeHandle, name: str) -> None:
     log.debug("wiping volume %s", name)
     try:
         vol.wipe(0)
@@ -464,7 +473,7 @@ def _wipe(vol: Any, name: str) -> None:
         log.warning("the storage driver cannot wipe %s; deleting it without overwriting it", name)
 
 
-def _delete_quietly(vol: Any, name: str, wipe: bool) -> None:
+def _delete_quietly(vol: VolumeHandle, name: str, wipe: bool) -> None:
     try:
         if wipe:
             vol.wipe(0)  # a partial identity upload holds part of a private key

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ivm.errors import UsageError
 
@@ -183,3 +184,22 @@ def secret_notice(uri: LibvirtUri, volume: str) -> str | None:
     if not uri.remote:
         return None
     return f"sending a private host key ({volume}) to {uri.host} over {uri.transport.value} (encrypted)"
+
+
+def is_local(uri: str) -> bool:
+    """A URI without a host part talks to this machine (qemu:///system, test:///default)."""
+    return urlsplit(uri).netloc == ""
+
+
+def is_session(uri: str) -> bool:
+    """A local per-user daemon (qemu:///session): it runs QEMU as the calling user."""
+    return urlsplit(uri).path.rstrip("/").endswith("session") and is_local(uri)
+
+
+def default_pool_path(uri: str, pool: str) -> str:
+    """Where a dir pool lives unless IVM_POOL_PATH says: a folder named after the pool in libvirt's
+    images dir for this kind of connection, so two pools never share a directory."""
+    if is_session(uri):
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return str(Path(data) / "libvirt" / "images" / pool)
+    return f"/var/lib/libvirt/images/{pool}"

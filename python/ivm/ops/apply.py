@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivm.config import Settings
+from ivm.disks import ProgressFactory, import_base
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
 from ivm.hypervisor.domains import State, require, set_restart_pending
@@ -23,7 +24,7 @@ from ivm.ops.destroy import destroy_vm
 from ivm.ops.gc import hypervisor_uris
 from ivm.ops.observe import observe_vm, orphans, pool_bases, select
 from ivm.ops.plan import Action, plan_vm
-from ivm.ops.provision import ProgressFactory, certify_host_key, create, import_base
+from ivm.ops.provision import certify_host_key, create
 from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.ops.upgrade import Builds, move_to_base

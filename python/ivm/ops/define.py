@@ -9,14 +9,13 @@ from pathlib import Path
 from lxml import etree
 
 import ivm
+from ivm.disks import boot_base
 from ivm.domain_xml import DomainSpec, Metadata, covers, domain_element, domain_xml, read_metadata
 from ivm.errors import ToolError
-from ivm.host import virt_type
-from ivm.hypervisor.connection import is_local
 from ivm.hypervisor.domains import State
-from ivm.hypervisor.security import dac_label, has_dac
+from ivm.hypervisor.uri import is_local
 from ivm.identity.source import machine_dir, read_machine_id
-from ivm.ops.provision import boot_base, resolve_image, vm_identity
+from ivm.ops.provision import resolve_image, vm_identity
 from ivm.ops.session import VmSession, check_network_reachable
 
 log = logging.getLogger("ivm.define")
@@ -43,7 +42,7 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
     previous = None
     if current is not None:
         previous = current.base if current.base != base_hash else current.previous_base
-    virt = virt_type(s.hv.conn, s.hv.uri, s.settings.virt_type)
+    virt = s.hv.virt_type(s.settings.virt_type)
     return DomainSpec(
         name=s.name,
         machine=s.machine,
@@ -53,8 +52,8 @@ def desired_spec(s: VmSession, base_hash: str, preview: bool = False) -> DomainS
         metadata=Metadata(s.name, base_hash, previous, ivm.__version__),
         virt_type=virt,
         firmware=s.settings.firmware,
-        dac=dac_label(s.hv.conn, s.hv.uri, s.name, virt),
-        boot_seclabel=has_dac(s.hv.conn),
+        dac=s.hv.dac_label(s.name, virt),
+        boot_seclabel=s.hv.has_dac(),
     )
 
 
@@ -155,7 +154,7 @@ def define(s: VmSession, base_hash: str | None = None) -> DefineResult:
 def render_xml(s: VmSession, image: Path | None) -> str:
     """The XML `define` would use, writing nothing. Before `create`, the base comes from the image;
     without a machine-id yet, the UUID and MAC (derived from it) are left out and a comment says so."""
-    base = boot_base(s.hv, s.volumes.boot) or resolve_image(s, image).hash
+    base = boot_base(s.hv, s.volumes.boot) or resolve_image(s.settings, s.machine, image).hash
     spec = desired_spec(s, base, preview=True)
     text = domain_xml(spec)
     if spec.machine_id is None:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
-from ivm.ops.session import Hypervisor, VmSession
+from ivm.hypervisor.host import Hypervisor
+from ivm.ops.session import VmSession
 from ivm.volumes import vm_volumes
 
 

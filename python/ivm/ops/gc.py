@@ -15,8 +15,9 @@ from lxml import etree
 from ivm.config import Settings
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
+from ivm.hypervisor.host import Hypervisor
 from ivm.lock import resource_lock
-from ivm.ops.session import Hypervisor, open_hypervisor
+from ivm.ops.session import open_hypervisor
 from ivm.volumes import base_hash_of
 
 

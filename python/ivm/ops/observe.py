@@ -11,15 +11,16 @@ from pathlib import Path
 from lxml import etree
 
 from ivm.config import Settings
+from ivm.disks import HEADER, Header, has_header, identity_digest, is_complete
 from ivm.domain_xml import DomainSpec, domain_xml, read_metadata
 from ivm.errors import ToolError, UsageError
 from ivm.hypervisor.domains import State, restart_pending
-from ivm.identity.disk import digest_in_superblock
+from ivm.hypervisor.host import Hypervisor
 from ivm.names import check_vm_name
 from ivm.ops.define import desired_spec
 from ivm.ops.plan import Desired, FleetPlan, Observed, Orphan, VmPlan, plan_fleet
-from ivm.ops.provision import EXT4_MAGIC_AT, HEADER, certificate_due, is_complete, vm_identity
-from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
+from ivm.ops.provision import certificate_due, vm_identity
+from ivm.ops.session import VmSession, open_hypervisor
 from ivm.ops.status import current_bases
 from ivm.volumes import base_hash_of, base_volume
 
@@ -46,7 +47,7 @@ def pool_bases(hv: Hypervisor) -> frozenset[str]:
     return frozenset(
         h
         for v in hv.storage.volume_names()
-        if (h := base_hash_of(v)) is not None and is_complete(hv, base_volume(h), "qcow2")
+        if (h := base_hash_of(v)) is not None and is_complete(hv, base_volume(h), Header.QCOW2)
     )
 
 
@@ -58,8 +59,8 @@ def observe_vm(s: VmSession, current: str | None, bases: frozenset[str]) -> tupl
     backing_hash = base_hash_of(Path(backing).name) if backing else None
     on_base = backing_hash if backing_hash in bases else None  # as boot_base(), one download fewer
     head = hv.storage.head(vols.identity, HEADER) if vols.identity in present else b""
-    identity_ok = head[EXT4_MAGIC_AT : EXT4_MAGIC_AT + 2] == b"\x53\xef"
-    disk_digest = digest_in_superblock(head) if identity_ok else None
+    identity_ok = has_header(head, Header.EXT4)
+    disk_digest = identity_digest(head)
     dom = s.domain()
     actual = hv.domains.xml(dom) if dom is not None else None
     observed = Observed(

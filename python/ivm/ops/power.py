@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from ivm.config import Settings
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State, require, restart_pending, set_restart_pending
+from ivm.hypervisor.handles import DomainHandle
 from ivm.hypervisor.ownership import find_drift, repair
 from ivm.hypervisor.security import static_uid
 from ivm.ops.define import created_base
 from ivm.ops.session import VmSession, open_hypervisor
 
 log = logging.getLogger("ivm.power")
+
+
+class Stopped(StrEnum):
+    """How `stop` ended."""
+
+    ALREADY = "already"  # it was not running
+    SHUTDOWN = "shutdown"  # the guest powered off when asked
+    FORCED = "forced"  # the guest did not comply and --force pulled the plug
 
 
 def start(s: VmSession) -> bool:
@@ -42,7 +52,7 @@ def start(s: VmSession) -> bool:
     return True
 
 
-def repair_ownership(s: VmSession, dom: object, fatal: bool = True) -> None:
+def repair_ownership(s: VmSession, dom: DomainHandle, fatal: bool = True) -> None:
     """Give drifted read-only disks back to the pool's owner (a local pool only). Before a start a
     failure stops it; after a stop it is only reported (the VM did stop)."""
     drift = find_drift(s.hv.storage, s.hv.uri, s.volumes, static_uid(s.hv.domains.xml(dom)))
@@ -56,17 +66,14 @@ def repair_ownership(s: VmSession, dom: object, fatal: bool = True) -> None:
         log.warning("%s; %s", e.message, e.hint)
 
 
-def stop(s: VmSession, force: bool, timeout: float) -> str:
-    """Shut the VM down gracefully; with `force`, pull the plug when the guest does not comply.
-
-    Returns how it ended: "already", "shutdown" or "forced".
-    """
+def stop(s: VmSession, force: bool, timeout: float) -> Stopped:
+    """Shut the VM down gracefully; with `force`, pull the plug when the guest does not comply."""
     dom = require(s.domain(), s.name)
     if s.hv.domains.state(dom) is State.SHUT_OFF:
-        return "already"
+        return Stopped.ALREADY
     if s.hv.domains.shutdown(dom, timeout):
         repair_ownership(s, dom, fatal=False)  # a domain defined before the labels left disks drifted
-        return "shutdown"
+        return Stopped.SHUTDOWN
     if not force:
         raise ToolError(
             f"{s.name} did not shut down within {timeout:g} s",
@@ -74,7 +81,7 @@ def stop(s: VmSession, force: bool, timeout: float) -> str:
         )
     s.hv.domains.power_off(dom)
     repair_ownership(s, dom, fatal=False)
-    return "forced"
+    return Stopped.FORCED
 
 
 def check_console(settings: Settings, name: str, uri: str) -> None:

@@ -1,32 +1,21 @@
-"""A VM's working context: its machine, its connection, its pool, its domain — and its lock."""
+"""A VM's working context: its machine, its hypervisor (pool and domains), its domain — and its lock."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from ivm.config import Settings
 from ivm.errors import UsageError
-from ivm.hypervisor.connection import connect, is_local
-from ivm.hypervisor.domains import Domains
-from ivm.hypervisor.storage import Storage
+from ivm.hypervisor.handles import DomainHandle
+from ivm.hypervisor.host import Hypervisor, open_host
+from ivm.hypervisor.uri import is_local
 from ivm.lock import resource_lock
 from ivm.machines import Machine, NetworkType
 from ivm.names import check_vm_name
 from ivm.privilege import check_uri_for_user
 from ivm.volumes import VmVolumes, vm_volumes
-
-
-@dataclass(frozen=True)
-class Hypervisor:
-    """One open connection with ivm's pool on it."""
-
-    uri: str
-    conn: Any
-    storage: Storage
-    domains: Domains
 
 
 @dataclass(frozen=True)
@@ -40,7 +29,7 @@ class VmSession:
     def volumes(self) -> VmVolumes:
         return vm_volumes(self.name)
 
-    def domain(self) -> Any:
+    def domain(self) -> DomainHandle | None:
         return self.hv.domains.lookup(self.name)
 
 
@@ -59,9 +48,8 @@ def check_network_reachable(name: str, machine: Machine, uri: str) -> None:
 @contextmanager
 def open_hypervisor(settings: Settings, uri: str) -> Iterator[Hypervisor]:
     check_uri_for_user(uri)
-    with connect(uri) as conn:
-        storage = Storage(conn, settings.pool, settings.pool_path_for(uri))
-        yield Hypervisor(uri, conn, storage, Domains(conn))
+    with open_host(uri, settings.pool, settings.pool_path_for(uri)) as hv:
+        yield hv
 
 
 @contextmanager

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from ivm.errors import ToolError, UsageError
 from ivm.hypervisor import snapshots
+from ivm.hypervisor.handles import DomainHandle
 from ivm.hypervisor.snapshots import Snapshot
 from ivm.ops.session import VmSession
 
@@ -30,12 +30,12 @@ def base_of(snapshot: str) -> str | None:
     return m.group(1) if m else None
 
 
-def var_snapshots(s: VmSession, dom: Any) -> list[Snapshot]:
+def var_snapshots(s: VmSession, dom: DomainHandle) -> list[Snapshot]:
     """ivm's /var snapshots of the VM, oldest first."""
     return [x for x in snapshots.listed(dom) if base_of(x.name)]
 
 
-def take(s: VmSession, dom: Any, base: str) -> str:
+def take(s: VmSession, dom: DomainHandle, base: str) -> str:
     """Snapshot the shut-off VM's var disk, named after `base`, the base it ran."""
     target = snapshots.disk_target(s.hv.domains.xml(dom), s.volumes.var)
     taken = {x.name for x in snapshots.listed(dom)}
@@ -47,7 +47,7 @@ def take(s: VmSession, dom: Any, base: str) -> str:
     return name
 
 
-def prune(s: VmSession, dom: Any, keep: int) -> list[str]:
+def prune(s: VmSession, dom: DomainHandle, keep: int) -> list[str]:
     """Delete the oldest var snapshots beyond the newest `keep`; the names deleted."""
     old = var_snapshots(s, dom)
     doomed = old[: max(0, len(old) - keep)]
@@ -56,7 +56,7 @@ def prune(s: VmSession, dom: Any, keep: int) -> list[str]:
     return [x.name for x in doomed]
 
 
-def choose(s: VmSession, dom: Any, name: str | None, base: str) -> Snapshot:
+def choose(s: VmSession, dom: DomainHandle, name: str | None, base: str) -> Snapshot:
     """The snapshot `name`, or the newest taken on `base`; a usage error if there is none."""
     found = var_snapshots(s, dom)
     if name is not None:
@@ -76,7 +76,7 @@ def choose(s: VmSession, dom: Any, name: str | None, base: str) -> Snapshot:
     return on_base[-1]
 
 
-def restore(s: VmSession, dom: Any, chosen: Snapshot, current_base: str) -> str:
+def restore(s: VmSession, dom: DomainHandle, chosen: Snapshot, current_base: str) -> str:
     """Put the shut-off VM's /var back to `chosen`, after snapshotting the live /var (whose name is
     returned) so nothing is lost."""
     saved = take(s, dom, current_base)

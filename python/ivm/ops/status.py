@@ -6,29 +6,47 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ivm.config import Settings
+from ivm.disks import boot_base
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.hypervisor.domains import State
+from ivm.hypervisor.host import Hypervisor
 from ivm.hypervisor.ownership import find_drift
 from ivm.hypervisor.security import static_uid
 from ivm.image import image_file, inspect, nix_out_path, store_hash
 from ivm.names import check_vm_name
-from ivm.ops.provision import boot_base
-from ivm.ops.session import Hypervisor, open_hypervisor
+from ivm.ops.session import open_hypervisor
 from ivm.volumes import base_volume, vm_volumes
 
 log = logging.getLogger("ivm.status")
+
+
+class VmState(StrEnum):
+    """Where a VM stands: its domain's state, or what of it exists without a domain."""
+
+    RUNNING = State.RUNNING.value
+    SHUT_OFF = State.SHUT_OFF.value
+    PAUSED = State.PAUSED.value
+    SHUTTING_DOWN = State.SHUTTING_DOWN.value
+    CRASHED = State.CRASHED.value
+    SUSPENDED = State.SUSPENDED.value
+    OTHER = State.OTHER.value
+    UNDEFINED = State.UNDEFINED.value
+    CREATED = "created, not defined"  # its disks exist, its domain does not
+    DATA_KEPT = "destroyed, data kept"  # only its var disk is left
+    UNKNOWN = "unknown"  # its hypervisor could not be reached (`error` says why)
 
 
 @dataclass(frozen=True)
 class VmStatus:
     name: str
     uri: str
-    state: str
+    state: VmState
     base: str | None
     previous_base: str | None
     volumes: dict[str, bool]
@@ -36,8 +54,9 @@ class VmStatus:
     var_size_bytes: int | None
     current_base: str | None = None  # what a fresh deployment would use (see current_bases)
     behind: bool | None = None  # runs an older base than current_base; None when unknown
-    reachable: bool = True  # False when its hypervisor could not be reached (state says why)
+    reachable: bool = True  # False when its hypervisor could not be reached (error says why)
     ownership: tuple[str, ...] = ()  # read-only disks whose owner or mode drifted (`start` repairs)
+    error: str | None = None  # why the VM could not be read; None when it could
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +82,9 @@ def status(
                 out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
         except ToolError as e:
             out += [
-                VmStatus(n, uri, f"unreachable: {e.message}", None, None, {}, None, None, reachable=False)
+                VmStatus(
+                    n, uri, VmState.UNKNOWN, None, None, {}, None, None, reachable=False, error=e.message
+                )
                 for n in vms
             ]
     return sorted(out, key=lambda v: v.name)
@@ -133,13 +154,13 @@ def vm_status(hv: Hypervisor, name: str) -> VmStatus:
     meta = read_metadata(xml) if xml is not None else None
     drift = find_drift(hv.storage, hv.uri, vols, static_uid(xml) if xml else None)
     if dom is not None:
-        state = hv.domains.state(dom).value
+        state = VmState(hv.domains.state(dom).value)
     elif present[vols.boot]:
-        state = "created, not defined"
+        state = VmState.CREATED
     elif present[vols.var]:
-        state = "destroyed, data kept"
+        state = VmState.DATA_KEPT
     else:
-        state = State.UNDEFINED.value
+        state = VmState.UNDEFINED
     var = hv.storage.info(vols.var)
     return VmStatus(
         name=name,

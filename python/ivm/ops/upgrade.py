@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from ivm.config import Settings
+from ivm.disks import HEADER, ProgressFactory, identity_digest, import_base, make_overlay, write_identity_disk
 from ivm.domain_xml import read_metadata
 from ivm.errors import ToolError
 from ivm.failpoints import failpoint
@@ -28,22 +28,13 @@ from ivm.hypervisor.domains import (
     set_health_pending,
     set_restart_pending,
 )
-from ivm.identity.disk import digest_in_superblock
+from ivm.hypervisor.handles import DomainHandle
 from ivm.image import BaseImage
 from ivm.names import check_vm_name
 from ivm.ops import snapshots as var_snapshots
 from ivm.ops.define import created_base, define
 from ivm.ops.health import wait_healthy
-from ivm.ops.provision import (
-    HEADER,
-    ProgressFactory,
-    certify_host_key,
-    import_base,
-    make_overlay,
-    resolve_image,
-    vm_identity,
-    write_identity_disk,
-)
+from ivm.ops.provision import certify_host_key, resolve_image, vm_identity
 from ivm.ops.session import VmSession
 from ivm.ops.workers import Outcome, for_each_vm
 from ivm.volumes import base_volume
@@ -95,7 +86,7 @@ def move_to_base(
     current = created_base(s)
     hv, vols = s.hv, s.volumes
     meta = read_metadata(hv.domains.xml(dom))
-    disk_digest = digest_in_superblock(hv.storage.head(vols.identity, HEADER))
+    disk_digest = identity_digest(hv.storage.head(vols.identity, HEADER))
     pending = restart_pending(dom)
     identity_stale = disk_digest != identity.digest
     if current == target and not identity_stale and meta is not None and meta.base == target and not pending:
@@ -129,7 +120,7 @@ def move_to_base(
     return UpgradeResult(s.name, current, target, True, identity_stale, was_running, downtime)
 
 
-def _stop(s: VmSession, dom: Any, *, force: bool, timeout: float) -> None:
+def _stop(s: VmSession, dom: DomainHandle, *, force: bool, timeout: float) -> None:
     """Shut the VM down, recording first that it is owed a start."""
     if s.hv.domains.state(dom) is State.SHUT_OFF:
         return
@@ -326,7 +317,7 @@ class Builds:
         with self.guard:  # builds run one at a time: nix parallelises inside one build anyway
             if key not in self.done:
                 try:
-                    self.done[key] = resolve_image(s, self.image)
+                    self.done[key] = resolve_image(s.settings, s.machine, self.image)
                 except ToolError as e:
                     self.done[key] = e
             built = self.done[key]

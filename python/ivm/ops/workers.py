@@ -17,8 +17,9 @@ from typing import Generic, TypeVar
 
 from ivm.config import Settings
 from ivm.errors import ToolError
+from ivm.hypervisor.host import Hypervisor
 from ivm.lock import resource_lock
-from ivm.ops.session import Hypervisor, VmSession, open_hypervisor
+from ivm.ops.session import VmSession, open_hypervisor
 
 log = logging.getLogger("ivm.workers")
 R = TypeVar("R")
