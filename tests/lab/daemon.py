@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ivm.hypervisor.host import local_kvm_usable
+
 SYSTEM_URI = "qemu:///system"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # the system daemon's per-domain QEMU logs
 # Daemons live in sbin, which a non-login or non-root PATH often lacks.
@@ -112,20 +114,8 @@ def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
 
 
 def virt_type() -> str:
-    """`kvm` only where KVM can really run guests; else `qemu` (TCG).
-
-    /dev/kvm alone is not enough: nested paravirtual KVM without vmx/svm aborts real guests.
-    """
-    kvm = Path("/dev/kvm")
-    if not (kvm.exists() and os.access(kvm, os.R_OK | os.W_OK)):
-        return "qemu"
-    flags = {
-        word
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("flags")
-        for word in line.split(":", 1)[1].split()
-    }
-    return "kvm" if flags & {"vmx", "svm"} else "qemu"
+    """`kvm` only where KVM can really run guests, else `qemu` (TCG): the tool's own test."""
+    return "kvm" if local_kvm_usable() else "qemu"
 
 
 def remove_domain_logs(uri: str, names: Iterable[str]) -> None:
