@@ -255,8 +255,9 @@ def _created(tune2fs: str) -> str:
 
 
 def _stop(guest: Guest) -> None:
-    # A graceful stop, so the journal reaches the var disk; a loaded TCG host may need minutes.
-    guest.fleet.ivm("stop", guest.name, "--timeout", "600", "--force", timeout=900)
+    # Graceful only (the guest must honour it, through its agent), so the journal reaches the var
+    # disk; a loaded TCG host may need minutes.
+    guest.fleet.ivm("stop", guest.name, "--timeout", "600", timeout=900)
 
 
 def _agent_answers(guest: Guest) -> bool:

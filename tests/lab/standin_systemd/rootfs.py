@@ -28,6 +28,9 @@ PACKAGES = (
     "sudo",
     "iproute2",
     "libnss-myhostname",  # NixOS resolves its own hostname with nss-myhostname too
+    # The system bus, so logind runs: the agent's guest-shutdown (`shutdown +0`) and the ACPI power
+    # button both go through logind, as on NixOS; without it a guest ignores `ivm stop`.
+    "dbus",
 )
 # Kernel modules the running guest loads (the initrd has its own): NIC, guest agent channel, disks.
 ROOT_MODULES = ("virtio_net", "virtio_console", "virtio_blk", "virtio_pci", "ext4", "erofs", "crc32c_generic")
