@@ -5,6 +5,9 @@ with subtest("libvirtd runs and the ivm-fleet unit succeeded at boot"):
     host.wait_for_unit("libvirtd.service")
     host.wait_for_unit("ivm-fleet.service")
     t.assertEqual(host.succeed("systemctl show -P Result ivm-fleet.service").strip(), "success")
+    # The tool picks KVM by access to /dev/kvm: the unit's device policy must let it see the device.
+    t.assertIn("/dev/kvm rw", host.succeed("systemctl show -P DeviceAllow ivm-fleet.service"))
+    host.succeed("test -d /run/ivm-fleet")  # the locks' directory stays while the unit is inactive
 
 with subtest("the pool is defined, running and autostarted"):
     info = host.succeed("virsh pool-info ivm")

@@ -233,10 +233,19 @@ in
     users.groups.ivm = { };
     environment.systemPackages = [ hostTool ];
 
-    systemd.tmpfiles.settings.ivm.${projectDir}.d = {
-      user = "ivm";
-      group = "ivm";
-      mode = "0750";
+    systemd.tmpfiles.settings.ivm = {
+      ${projectDir}.d = {
+        user = "ivm";
+        group = "ivm";
+        mode = "0750";
+      };
+      # The tool's locks, shared by the unit and `ivm-host`: not a RuntimeDirectory, which systemd
+      # removes whenever the unit stops (a restart mid-run would drop locks still held).
+      ${environment.XDG_RUNTIME_DIR}.d = {
+        user = "ivm";
+        group = "ivm";
+        mode = "0700";
+      };
     };
 
     systemd.services.ivm-fleet = {
@@ -274,16 +283,19 @@ in
         StateDirectory = "ivm";
         CacheDirectory = "ivm";
         CacheDirectoryMode = "0700";
-        RuntimeDirectory = "ivm-fleet";
-        RuntimeDirectoryMode = "0700";
-        ReadWritePaths = [ projectDir ];
+        ReadWritePaths = [
+          projectDir
+          environment.XDG_RUNTIME_DIR
+        ];
         NoNewPrivileges = true;
         CapabilityBoundingSet = "";
         ProtectSystem = "strict";
         ProtectHome = true;
         PrivateTmp = true;
-        # Not PrivateDevices: the tool picks KVM over TCG by access to /dev/kvm (python/ivm/host.py).
+        # Not PrivateDevices, and /dev/kvm allowed: the tool picks KVM over TCG by access(2) to
+        # /dev/kvm (python/ivm/hypervisor/host.py), which the device cgroup would deny.
         DevicePolicy = "closed";
+        DeviceAllow = [ "/dev/kvm rw" ];
         ProtectKernelTunables = true;
         ProtectKernelModules = true;
         ProtectKernelLogs = true;

@@ -40,6 +40,10 @@ in {
   inherit (unit) script wantedBy requires after restartIfChanged environment;
   execStart = unit.serviceConfig.ExecStart;
   user = unit.serviceConfig.User;
+  deviceAllow = unit.serviceConfig.DeviceAllow or [ ];
+  runtimeDirectory = unit.serviceConfig.RuntimeDirectory or null;
+  readWrite = unit.serviceConfig.ReadWritePaths;
+  lockDir = host.systemd.tmpfiles.settings.ivm.${unit.environment.XDG_RUNTIME_DIR}.d or null;
   triggers = map toString unit.restartTriggers;
   libvirtd = host.virtualisation.libvirtd.enable;
   groups = host.users.users.ivm.extraGroups;
@@ -66,6 +70,24 @@ def built() -> dict[str, str]:
 
 def test_the_sample_host_passes_every_assertion(host: dict[str, Any]) -> None:
     assert host["failing"]["sample"] == []
+
+
+def test_the_unit_may_open_dev_kvm(host: dict[str, Any]) -> None:
+    # The tool picks KVM by access(2) to /dev/kvm; a closed device policy alone would force TCG.
+    assert "/dev/kvm rw" in host["deviceAllow"]
+
+
+def test_the_locks_outlive_a_restart_of_the_unit(host: dict[str, Any]) -> None:
+    # A RuntimeDirectory is removed whenever the unit stops; tmpfiles keeps the lock directory.
+    assert host["runtimeDirectory"] is None
+    lock_dir = host["lockDir"]
+    assert (lock_dir["type"], lock_dir["user"], lock_dir["group"], lock_dir["mode"]) == (
+        "d",
+        "ivm",
+        "ivm",
+        "0700",
+    )
+    assert host["environment"]["XDG_RUNTIME_DIR"] in host["readWrite"]
 
 
 def test_libvirtd_is_on_and_the_unit_follows_it(host: dict[str, Any]) -> None:
