@@ -153,10 +153,18 @@ def teardown_fleet(fleet: Fleet) -> None:
     finally:
         locks = [*fleet.names, f"_pool-{fleet.pool}", *(f"_{v}" for v in volumes)]
         locks += [f"_{base_volume(content_hash(i))}" for i in fleet.images if i.is_file()]
-        doc = json.loads(fleet.machines_file.read_text()) if fleet.machines_file.is_file() else {}
-        uris = {fleet.uri, *(m.get("libvirt_uri") for m in doc.get("machines", {}).values())} - {None}
-        remove_runtime_files((u for u in uris if u), locks)
+        remove_runtime_files(_fleet_uris(fleet), locks)
         remove_domain_logs(fleet.uri, fleet.names)
+
+
+def _fleet_uris(fleet: Fleet) -> set[str]:
+    """The fleet's URI and those its machines name; a test may have left machines.json broken."""
+    try:
+        doc = json.loads(fleet.machines_file.read_text())
+        named = {m.get("libvirt_uri") for m in doc["machines"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        named = set()
+    return {fleet.uri, *(u for u in named if isinstance(u, str) and u)}
 
 
 def _remove_domains_and_pool(fleet: Fleet) -> None:
