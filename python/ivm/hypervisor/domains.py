@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
 from lxml import etree
@@ -15,6 +15,8 @@ from ivm.errors import ToolError
 from ivm.hypervisor.connection import libvirt_errors, translate
 from ivm.hypervisor.handles import Connection, DomainHandle
 from ivm.poll import SYSTEM, Clock, Deadline, poll
+
+T = TypeVar("T")
 
 log = logging.getLogger("ivm.domains")
 PROGRESS_EVERY = 10.0  # seconds between "still waiting" lines
@@ -42,6 +44,28 @@ _STATES = {
 }
 
 
+def xml_unless_gone(dom: DomainHandle, flags: int = 0) -> str | None:
+    """A listed domain's XML, or None if it was undefined since (another client's work)."""
+    try:
+        return str(dom.XMLDesc(flags))
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _retry_if_one_vanished(call: Callable[[], T], attempts: int = 3) -> T:
+    """A fleet-wide call fails whole when one domain is undefined while the daemon gathers it:
+    try again, a bounded number of times."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Domains:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -52,7 +76,9 @@ class Domains:
         """Fetch every domain and its state in two calls, so that hundreds cost no more calls
         (`status` of a fleet); defining or undefining through this object forgets them."""
         with libvirt_errors("listing domains"):
-            stats = self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+            stats = _retry_if_one_vanished(
+                lambda: self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+            )
         self._states = {dom.name(): int(values["state.state"]) for dom, values in stats}
         self._listed = {dom.name(): dom for dom, _values in stats}
 
@@ -86,6 +112,12 @@ class Domains:
         with libvirt_errors("reading a domain's state"):
             code = dom.state()[0]
         return _STATES.get(code, State.OTHER)
+
+    def xml_unless_gone(self, dom: DomainHandle) -> str | None:
+        """The persistent definition, or None if another client undefined the domain since it was
+        listed (for fleet-wide reads that must not fail on someone else's work)."""
+        with libvirt_errors("reading a domain's XML"):
+            return xml_unless_gone(dom, libvirt.VIR_DOMAIN_XML_INACTIVE)
 
     def xml(self, dom: DomainHandle) -> str:
         """The persistent (inactive) definition: what the next boot will use."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 
-import libvirt
 from lxml import etree
 
 from ivm.domain_xml import DacLabel
 from ivm.hypervisor.connection import libvirt_errors
-from ivm.hypervisor.handles import Connection, DomainHandle
+from ivm.hypervisor.domains import xml_unless_gone
+from ivm.hypervisor.handles import Connection
 from ivm.hypervisor.uri import parse_uri
 
 UID_RANGE = range(0x70000000, 0x71000000)  # 1879048192-1895825407: free in systemd's UID ranges
@@ -87,7 +87,7 @@ def dac_label(conn: Connection, uri: str, name: str, virt_type: str) -> DacLabel
     current: int | None = None
     taken: set[int] = set()
     with libvirt_errors("listing domains"):
-        listed = [(d.name(), _xml_unless_gone(d)) for d in conn.listAllDomains(0)]
+        listed = [(d.name(), xml_unless_gone(d)) for d in conn.listAllDomains(0)]
     for other, xml in listed:
         if xml is None:
             continue
@@ -97,13 +97,3 @@ def dac_label(conn: Connection, uri: str, name: str, virt_type: str) -> DacLabel
         elif uid is not None:
             taken.add(uid)
     return DacLabel(choose_uid(name, current, taken), gid)
-
-
-def _xml_unless_gone(dom: DomainHandle) -> str | None:
-    """The domain's XML, or None if it was undefined since it was listed (another client's work)."""
-    try:
-        return str(dom.XMLDesc(0))
-    except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise

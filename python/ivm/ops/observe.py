@@ -99,9 +99,9 @@ def orphans(hv: Hypervisor, settings: Settings) -> list[Orphan]:
     """Domains ivm defined with disks in this pool whose machine is not in machines.json."""
     found: list[Orphan] = []
     for dom in hv.domains.all():
-        xml = hv.domains.xml(dom)
-        meta = read_metadata(xml)
-        if meta is None or dom.name() in settings.machines:
+        xml = hv.domains.xml_unless_gone(dom)
+        meta = read_metadata(xml) if xml is not None else None
+        if xml is None or meta is None or dom.name() in settings.machines:
             continue
         root = etree.fromstring(xml.encode())
         if not any(src.get("pool") == settings.pool for src in root.iterfind("devices/disk/source")):
