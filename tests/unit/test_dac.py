@@ -11,9 +11,20 @@ import libvirt
 import pytest
 
 from ivm.errors import ToolError
+from ivm.hypervisor.domains import Domains
 from ivm.hypervisor.handles import Connection
+from ivm.hypervisor.host import Hypervisor
 from ivm.hypervisor.ownership import expected, judge
-from ivm.hypervisor.security import UID_RANGE, choose_uid, dac_label, needs_own_uid, qemu_gid, static_uid
+from ivm.hypervisor.security import (
+    UID_RANGE,
+    choose_uid,
+    domain_uids,
+    label_for,
+    needs_own_uid,
+    qemu_gid,
+    static_uid,
+)
+from ivm.hypervisor.storage import Storage
 from ivm.volumes import vm_volumes
 
 
@@ -116,11 +127,14 @@ class _Domain:
 class _Conn:
     def __init__(self, *doms: _Domain) -> None:
         self.doms = doms
+        self.calls = {"caps": 0, "list": 0}
 
     def getCapabilities(self) -> str:  # noqa: N802 -- libvirt's name
+        self.calls["caps"] += 1
         return caps("none", "dac")
 
     def listAllDomains(self, _flags: int) -> list[_Domain]:  # noqa: N802 -- libvirt's name
+        self.calls["list"] += 1
         return list(self.doms)
 
 
@@ -130,8 +144,27 @@ def test_a_domain_undefined_while_listing_is_skipped_not_an_error() -> None:
     conn = cast(
         Connection, _Conn(_Domain("gone", 0, gone=libvirt.VIR_ERR_NO_DOMAIN), other)
     )  # a partial fake
-    label = dac_label(conn, "qemu:///system", "web1", "qemu")
+    label = label_for("qemu:///system", caps("none", "dac"), "qemu", "web1", domain_uids(conn))
     assert label is not None and label.uid != mine and label.gid == 64055
     with pytest.raises(ToolError, match="listing domains"):  # any other failure still fails
         bad = cast(Connection, _Conn(_Domain("bad", 0, gone=libvirt.VIR_ERR_INTERNAL_ERROR)))
-        dac_label(bad, "qemu:///system", "web1", "qemu")
+        domain_uids(bad)
+
+
+def test_one_connection_lists_the_domains_once_and_never_hands_out_a_uid_twice() -> None:
+    """A fleet command labels every VM through one connection: the capabilities and the domain list
+    are read once, and each uid handed out counts as taken for the VMs after it."""
+    other = _Domain("other", choose_uid("web2", None, set()))
+    fake = _Conn(other)
+    conn = cast(Connection, fake)  # a partial fake
+    hv = Hypervisor("qemu:///system", cast(Storage, None), Domains(conn), conn)
+    labels = {name: hv.dac_label(name, "qemu") for name in ("web1", "web2", "web3")}
+    assert hv.has_dac()
+    assert fake.calls == {"caps": 1, "list": 1}
+    uids = [label.uid for label in labels.values() if label is not None]
+    assert len(uids) == 3 and len({*uids, other.uid}) == 4
+    assert hv.dac_label("web1", "qemu") == labels["web1"]  # its own uid, not a new one
+    # Pure: a uid recorded for another name is taken, whatever the name's hash would pick.
+    first = choose_uid("web4", None, set())
+    web4 = label_for("qemu:///system", caps("none", "dac"), "qemu", "web4", {"x": first})
+    assert web4 is not None and web4.uid != first

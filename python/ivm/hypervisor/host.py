@@ -17,7 +17,7 @@ from ivm.errors import UsageError
 from ivm.hypervisor.connection import connect, libvirt_errors
 from ivm.hypervisor.domains import Domains
 from ivm.hypervisor.handles import Connection
-from ivm.hypervisor.security import dac_label, has_dac
+from ivm.hypervisor.security import capabilities, caps_have_dac, domain_uids, label_for, needs_own_uid
 from ivm.hypervisor.storage import Storage
 from ivm.hypervisor.uri import is_local
 
@@ -32,15 +32,32 @@ class Hypervisor:
     storage: Storage
     domains: Domains
     _conn: Connection = field(repr=False)
+    # Read once per connection, not once per VM: a fleet command's cost must not grow with VMs
+    # times domains. The uids are kept current with every label handed out through this connection.
+    _caps: list[str] = field(default_factory=list, repr=False, compare=False)
+    _uids: list[dict[str, int | None]] = field(default_factory=list, repr=False, compare=False)
 
     def virt_type(self, override: str | None) -> str:
         return virt_type(self._conn, self.uri, override)
 
+    def capabilities(self) -> str:
+        if not self._caps:
+            self._caps.append(capabilities(self._conn))
+        return self._caps[0]
+
     def has_dac(self) -> bool:
-        return has_dac(self._conn)
+        return caps_have_dac(self.capabilities())
 
     def dac_label(self, name: str, virt: str) -> DacLabel | None:
-        return dac_label(self._conn, self.uri, name, virt)
+        caps = self.capabilities()
+        if not needs_own_uid(self.uri, caps):
+            return None
+        if not self._uids:
+            self._uids.append(domain_uids(self._conn))
+        label = label_for(self.uri, caps, virt, name, self._uids[0])
+        if label is not None:
+            self._uids[0][name] = label.uid
+        return label
 
 
 @contextmanager

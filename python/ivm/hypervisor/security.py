@@ -66,34 +66,33 @@ def choose_uid(name: str, current: int | None, taken: set[int]) -> int:
     raise RuntimeError("every uid of the range is taken")  # 16 million domains: not reachable
 
 
-def has_dac(conn: Connection) -> bool:
+def capabilities(conn: Connection) -> str:
+    with libvirt_errors("reading the hypervisor's capabilities"):
+        return str(conn.getCapabilities())
+
+
+def caps_have_dac(caps_xml: str) -> bool:
     """The daemon runs libvirt's DAC security driver, so a per-disk DAC seclabel is understood
-    (system daemons; a session daemon runs QEMU as the user and has none, and refuses one)."""
-    with libvirt_errors("reading the hypervisor's capabilities"):
-        caps = str(conn.getCapabilities())
-    return "dac" in {m.text for m in etree.fromstring(caps.encode()).iterfind("host/secmodel/model")}
+    (system daemons; a session daemon runs QEMU as the user and has none, and refuses one). Pure."""
+    return "dac" in {m.text for m in etree.fromstring(caps_xml.encode()).iterfind("host/secmodel/model")}
 
 
-def dac_label(conn: Connection, uri: str, name: str, virt_type: str) -> DacLabel | None:
-    """The static DAC label domain `name` should have on this connection, or None where the
-    daemon's own QEMU user is safe (a MAC driver, or a session daemon)."""
-    with libvirt_errors("reading the hypervisor's capabilities"):
-        caps = str(conn.getCapabilities())
-    if not needs_own_uid(uri, caps):
-        return None
-    gid = qemu_gid(caps, virt_type)
-    if gid is None:
-        return None
-    current: int | None = None
-    taken: set[int] = set()
+def domain_uids(conn: Connection) -> dict[str, int | None]:
+    """Every domain's static DAC uid (None without one), skipping those undefined meanwhile."""
     with libvirt_errors("listing domains"):
         listed = [(d.name(), xml_unless_gone(d)) for d in conn.listAllDomains(0)]
-    for other, xml in listed:
-        if xml is None:
-            continue
-        uid = static_uid(xml)
-        if other == name:
-            current = uid
-        elif uid is not None:
-            taken.add(uid)
-    return DacLabel(choose_uid(name, current, taken), gid)
+    return {name: static_uid(xml) for name, xml in listed if xml is not None}
+
+
+def label_for(
+    uri: str, caps_xml: str, virt_type: str, name: str, uids: dict[str, int | None]
+) -> DacLabel | None:
+    """The static DAC label domain `name` should have, given every domain's uid, or None where the
+    daemon's own QEMU user is safe (a MAC driver, or a session daemon). Pure."""
+    if not needs_own_uid(uri, caps_xml):
+        return None
+    gid = qemu_gid(caps_xml, virt_type)
+    if gid is None:
+        return None
+    taken = {uid for other, uid in uids.items() if other != name and uid is not None}
+    return DacLabel(choose_uid(name, uids.get(name), taken), gid)
