@@ -331,8 +331,13 @@ def test_a_broken_identity_file_is_refused_and_the_agent_stays_silent(guest: Gue
 
 
 def test_a_valid_identity_after_a_refusal_restores_access(guest: Guest) -> None:
-    """`ivm upgrade` rebuilds the identity disk from machines/; the guest accepts it, its agent
-    answers the health gate, and the refused boot's journal shows it kept the machine-id."""
+    """The user fixes the identity (here: one more hosts line) and runs `ivm upgrade`: the disk is
+    rebuilt from machines/, the guest accepts it, its agent answers the health gate, and the
+    refused boot's journal shows it kept the machine-id."""
+    # The disk was broken behind ivm's back, so its recorded digest still matches machines/: without
+    # a change there, upgrade rightly finds the VM up to date.
+    hosts = guest.machine_dir / "hosts"
+    hosts.write_text(hosts.read_text() + "192.0.2.12 third-extra\n")
     guest.fleet.ivm(
         "upgrade", guest.name, "--image", str(guest.image), "--force", "--timeout", "600",
         "--health-timeout", str(SSH_TIMEOUT), timeout=int(SSH_TIMEOUT) + 600,
@@ -340,6 +345,7 @@ def test_a_valid_identity_after_a_refusal_restores_access(guest: Guest) -> None:
     guest.wait_ssh()
     assert guest.ssh("cat", "/run/ivm/identity-status").stdout == "imported\n"
     assert guest.ssh("cat", "/var/identity/tcp_ports").stdout.split() == ["8080", "9090"]
+    assert guest.ssh("getent", "hosts", "third-extra").stdout.split()[0] == "192.0.2.12"
     refused_boot = guest.ssh("sudo", "journalctl", "-b", "-1", "-o", "cat", "--no-pager").stdout
     assert "identity disk REFUSED: tcp_ports" in refused_boot, refused_boot
     ids = guest.ssh("sudo", "journalctl", "-b", "-1", "-n", "1", "-o", "export", "--no-pager").stdout
