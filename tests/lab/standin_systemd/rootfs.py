@@ -32,8 +32,19 @@ PACKAGES = (
     # button both go through logind, as on NixOS; without it a guest ignores `ivm stop`.
     "dbus",
 )
-# Kernel modules the running guest loads (the initrd has its own): NIC, guest agent channel, disks.
-ROOT_MODULES = ("virtio_net", "virtio_console", "virtio_blk", "virtio_pci", "ext4", "erofs", "crc32c_generic")
+# Kernel modules the running guest loads (the initrd has its own): NIC, guest agent channel, disks,
+# and the ACPI power button, which logind turns into a poweroff when the agent is silent.
+ROOT_MODULES = (
+    "virtio_net",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_pci",
+    "ext4",
+    "erofs",
+    "crc32c_generic",
+    "button",
+    "evdev",
+)
 # Units that fetch, keep time over the network or run on a timer: the guest must run none of them.
 MASKED = (
     "apt-daily.timer",
