@@ -163,6 +163,15 @@ class Guest:
         return (self.run_dir / "identity-accepted").is_file()
 
 
+def block_device(tmp_path: Path) -> Path:
+    """An attached identity disk's device node (a loop device's numbers; nothing opens it)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a block device node needs root")
+    device = tmp_path / "virtio-identity"
+    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
+    return device
+
+
 @pytest.fixture
 def guest(tmp_path: Path, env: Mapping[str, str]) -> Guest:
     return Guest(tmp_path, env)
@@ -309,14 +318,11 @@ def test_an_attached_disk_that_did_not_mount_revokes_the_keys(
 ) -> None:
     """A corrupt disk fails to mount, so the unit's mount step leaves the mount point empty: that is
     a refusal (keys revoked), not a missing disk (keys kept)."""
-    if os.geteuid() != 0:
-        pytest.skip("making a block device node needs root")
+    device = block_device(tmp_path)
     guest.write(identity)
     guest.boot()
     before = guest.imported()
     guest.clear_disk()
-    device = tmp_path / "virtio-identity"
-    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
     proc = guest.boot(device=device)
     assert "could not be mounted" in proc.stderr
     assert guest.imported() == {k: v for k, v in before.items() if k not in REVOKED}
@@ -453,14 +459,11 @@ def test_an_attached_disk_that_mounts_empty_is_refused(
     guest: Guest, identity: dict[str, bytes | str], tmp_path: Path
 ) -> None:
     """ivm never makes an empty identity disk: one attached empty is a refusal, not a missing disk."""
-    if os.geteuid() != 0:
-        pytest.skip("making a block device node needs root")
+    device = block_device(tmp_path)
     guest.write(identity)
     guest.boot_mounted()
     before = guest.imported()
     guest.clear_disk()
-    device = tmp_path / "virtio-identity"
-    os.mknod(device, stat.S_IFBLK | 0o600, os.makedev(7, 255))
     proc = guest.boot_mounted(device=device)
     assert_after_boot(guest, proc)
     assert "is empty" in proc.stderr
