@@ -87,21 +87,8 @@ def test_status_of_a_fleet_looks_nothing_up_per_vm(
     test_driver: Any, fleet: list[str], project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project.write_machines({name: machine_entry() for name in fleet})
-    settings = Settings(
-        machines_file=project.machines_file,
-        root=project.root,
-        connect="test:///default",
-        pool="default-pool",
-        pool_path="/default-pool",
-    )
-    calls: Counter[str] = Counter()
-    conn = Counting(test_driver, calls)
-
-    @contextmanager
-    def counted(_settings: Settings, uri: str) -> Iterator[Hypervisor]:
-        yield Hypervisor(uri, Storage(conn, "default-pool", "/default-pool"), Domains(conn), conn)
-
-    monkeypatch.setattr(status_ops, "open_hypervisor", counted)
+    settings = settings_for(project)
+    calls = count_calls(test_driver, monkeypatch)
     rows = status_ops.status(settings, evaluate=False)
     assert [r.name for r in rows] == sorted(fleet)
     assert [r.state for r in rows] == [State.SHUT_OFF.value] * len(fleet)
@@ -110,3 +97,39 @@ def test_status_of_a_fleet_looks_nothing_up_per_vm(
     per_vm = {"lookupByName", "storageVolLookupByName", "state", "storagePoolLookupByName"}  # XMLDesc: drift
     assert calls["getAllDomainStats"] == 1 and calls["listAllVolumes"] == 1
     assert not per_vm & {k for k, v in calls.items() if v >= len(fleet)}, calls
+    assert calls["refresh"] == 0, "a read rescanned the pool (every file of every VM)"
+    assert calls["info"] == len(fleet), calls  # the var disk's use, read fresh per VM
+
+
+def test_list_reads_one_answer_per_vm(
+    test_driver: Any, fleet: list[str], project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.write_machines({name: machine_entry() for name in fleet})
+    calls = count_calls(test_driver, monkeypatch)
+    rows = status_ops.status(settings_for(project), evaluate=False, detail=False)
+    assert sorted(r.base or "" for r in rows) == [f"{i:032x}" for i in range(len(fleet))]
+    assert [r.var_used_bytes for r in rows] == [None] * len(fleet)
+    assert calls["XMLDesc"] == len(fleet) and calls["info"] == 0 and calls["refresh"] == 0, calls
+
+
+def settings_for(project: Project) -> Settings:
+    return Settings(
+        machines_file=project.machines_file,
+        root=project.root,
+        connect="test:///default",
+        pool="default-pool",
+        pool_path="/default-pool",
+    )
+
+
+def count_calls(test_driver: Any, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Make `status` open the test driver through a wrapper that counts every libvirt call."""
+    calls: Counter[str] = Counter()
+    conn = Counting(test_driver, calls)
+
+    @contextmanager
+    def counted(_settings: Settings, uri: str) -> Iterator[Hypervisor]:
+        yield Hypervisor(uri, Storage(conn, "default-pool", "/default-pool"), Domains(conn), conn)
+
+    monkeypatch.setattr(status_ops, "open_hypervisor", counted)
+    return calls

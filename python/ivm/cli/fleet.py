@@ -39,7 +39,7 @@ def list_(settings: Settings, as_json: bool) -> None:
 
     Quick: no `nix eval` (`status` says whether each VM runs the current build).
     """
-    rows = status_ops.status(settings, evaluate=False)
+    rows = status_ops.status(settings, evaluate=False, detail=False)
     output.print_status(rows, as_json, detail=False)
     status_ops.require_reachable(rows)
 

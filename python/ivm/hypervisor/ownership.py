@@ -59,19 +59,25 @@ def judge(want: Expected, path: Path, info: os.stat_result) -> Drift | None:
     return Drift(want, path, info.st_uid, mode)
 
 
-def find_drift(storage: Storage, uri: str, vols: VmVolumes, own_uid: int | None) -> list[Drift]:
-    """Drift of a VM's read-only disks; nothing to say for a remote pool (its files are not here)."""
+def find_drift(
+    storage: Storage, uri: str, vols: VmVolumes, own_uid: int | None, base: str | None = None
+) -> list[Drift]:
+    """Drift of a VM's read-only disks; nothing to say for a remote pool (its files are not here).
+    BASE is the base volume's name when the caller knows it (the domain's metadata names it); else
+    it is read from the boot overlay's backing file."""
     if not is_local(uri) or uri.startswith("test:") or storage.volume(vols.boot) is None:
         return []
-    boot = Path(storage.volume_path(vols.boot))
-    backing = storage.backing_path(vols.boot)
+    folder = Path(storage.directory())
+    if base is None:
+        backing = storage.backing_path(vols.boot)
+        base = Path(backing).name if backing else None
     try:
-        owner = boot.parent.stat().st_uid  # the pool directory's owner: root for qemu:///system
+        owner = folder.stat().st_uid  # the pool directory's owner: root for qemu:///system
     except OSError:
         return []  # not this machine's view of the pool (or not ours to read): nothing to judge
     found: list[Drift] = []
-    for want in expected(vols, Path(backing).name if backing else None, owner, own_uid):
-        path = boot.parent / want.volume
+    for want in expected(vols, base, owner, own_uid):
+        path = folder / want.volume
         try:
             info = path.lstat()
         except OSError:

@@ -40,17 +40,24 @@ class Storage:
         self.path = path
         self._pool: PoolHandle | None = None
         self._listed: dict[str, VolumeHandle] | None = None  # every volume, when a fleet-wide read asked
+        self._directory: str | None = None  # the pool's folder as its definition gives it
 
     def list_all(self) -> None:
         """Fetch every volume of the pool in one call, so that looking up hundreds costs no more
-        calls (`status` of a fleet); any change made through this object forgets the list."""
-        pool = self.find()
+        calls (`status` of a fleet); any change made through this object forgets the list.
+
+        For reads only: the pool is not rescanned first. A rescan probes every file of the pool
+        (three per VM) and only notices files changed behind libvirt's back; volumes made through
+        the API are known to the daemon without one, and a volume's size and use are read fresh
+        by `info` either way."""
+        pool = self.find(refresh=False)
         if pool is not None:
             with libvirt_errors(f"listing volumes of pool {self.name}"):
                 self._listed = {vol.name(): vol for vol in pool.listAllVolumes(0)}
 
-    def find(self) -> PoolHandle | None:
-        """The pool if it exists (started and refreshed), else None. Creates nothing."""
+    def find(self, refresh: bool = True) -> PoolHandle | None:
+        """The pool if it exists (started, and refreshed unless told not to), else None. Creates
+        nothing."""
         if self._pool is None:
             pool = self._lookup()
             if pool is None:
@@ -58,8 +65,9 @@ class Storage:
             with libvirt_errors(f"starting storage pool {self.name}"):
                 if not pool.isActive():
                     with self._creation_lock():  # not while another run is still building it
-                        self._start(pool)
-                _refresh(pool)
+                        self._start(pool)  # starting a pool scans it
+                elif refresh:
+                    _refresh(pool)
             self._pool = pool
         return self._pool
 
@@ -153,6 +161,17 @@ class Storage:
             if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                 return None
             raise translate(e, f"looking up volume {name}") from None
+
+    def directory(self) -> str:
+        """The pool's folder as the daemon names it (its target path), read once per connection."""
+        if self._directory is None:
+            pool = self.find()
+            if pool is None:
+                raise ToolError(f"storage pool {self.name} does not exist")
+            with libvirt_errors(f"reading storage pool {self.name}"):
+                doc = etree.fromstring(pool.XMLDesc(0).encode())
+            self._directory = doc.findtext("target/path") or self.path
+        return self._directory
 
     def volume_names(self) -> list[str]:
         pool = self.find()
