@@ -75,7 +75,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         up,
         upgrade,
     )
-    from bench.lab import Lab  # noqa: PLC0415
+    from bench.lab import BenchError, Lab  # noqa: PLC0415
     from bench.stats import Figure  # noqa: PLC0415
 
     table: dict[str, Callable[[Lab], dict[str, Any]]] = {
@@ -96,6 +96,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     load: dict[str, list[float]] = {}
     during: dict[str, Figure] = {}
+    failed: dict[str, str] = {}
     with Lab() as lab, host.LoadSampler() as sampler:
         say(f"pool {lab.pool} in {lab.scratch}, {args.runs} runs per figure")
         machine = host.describe(lab.conn, lab.scratch)
@@ -103,7 +104,12 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
             say(f"{name} ...")
             t, load_before = time.monotonic(), os.getloadavg()[0]
             mark = sampler.mark()
-            cases[name] = table[name](lab)
+            try:
+                cases[name] = table[name](lab)
+            except BenchError as e:  # the other cases' figures are still written
+                failed[name] = str(e)
+                say(f"{name} failed: {e}")
+                continue
             seconds[name] = time.monotonic() - t
             # Other work on the machine shows here: the figures are only comparable side by side.
             load[name] = [load_before, os.getloadavg()[0]]
@@ -123,6 +129,7 @@ def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         "rollout_runs": args.rollout_runs or args.runs,
         "machine": machine,
         "cases": cases,
+        "failed": failed,
     }
 
 
@@ -160,7 +167,7 @@ def main(argv: list[str]) -> int:
     paths = write(results, args.out)
     print(paths[1].read_text(), end="")
     say("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return 1 if results["failed"] else 0
 
 
 if __name__ == "__main__":

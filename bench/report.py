@@ -357,6 +357,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"The bench took {results['duration_s'] / 60:.1f} min.",
         "",
         *_load_line(results),
+        *[f"**Case `{name}` failed:** {why}\n" for name, why in results.get("failed", {}).items()],
         *_main_rows(cases),
     ]
     if f := cases.get("fleet"):

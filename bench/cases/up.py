@@ -14,6 +14,7 @@ Each side's VM is powered off and removed after its run; the two sides take turn
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -96,21 +97,29 @@ def daemon_floor(lab: Lab, name: str) -> float:
     return c.seconds
 
 
-def remove_cloud_init_seeds(lab: Lab, pool_existed: bool) -> None:
+BOOT_DIR = Path("/var/lib/libvirt/boot")  # libvirt's package makes it; virt-install's seed pool
+
+
+def remove_cloud_init_seeds(lab: Lab, pool_existed: bool, dir_existed: bool) -> None:
     """virt-install --cloud-init leaves its seed ISO and data in libvirt's `boot` pool
-    (/var/lib/libvirt/boot), making the pool if it was missing: take back what this run added."""
+    (/var/lib/libvirt/boot), making the pool if it was missing: take back what this run added.
+    The folder stays unless this run made it (virt-install cannot start the pool without it)."""
     try:
         pool = lab.conn.storagePoolLookupByName("boot")
     except libvirt.libvirtError:
-        return
-    pool.refresh(0)
-    for vol in pool.listAllVolumes():
-        if vol.name().startswith("virtinst-"):
-            vol.delete(0)
-    if not pool_existed:
-        pool.destroy()
-        pool.delete(0)
-        pool.undefine()
+        pool = None
+    if pool is not None:
+        if pool.isActive():
+            pool.refresh(0)
+            for vol in pool.listAllVolumes():
+                if vol.name().startswith("virtinst-"):
+                    vol.delete(0)
+        if not pool_existed:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+    if not dir_existed:
+        shutil.rmtree(BOOT_DIR, ignore_errors=True)
 
 
 def boot_pool_exists(lab: Lab) -> bool:
@@ -118,11 +127,12 @@ def boot_pool_exists(lab: Lab) -> bool:
 
 
 def run(lab: Lab, runs: int) -> dict[str, Any]:
-    boot_pool_existed = boot_pool_exists(lab)
+    boot_pool_existed, boot_dir_existed = boot_pool_exists(lab), BOOT_DIR.is_dir()
+    BOOT_DIR.mkdir(mode=0o711, exist_ok=True)  # a run before this fix removed it with the pool
     try:
         return _measure(lab, runs)
     finally:
-        remove_cloud_init_seeds(lab, boot_pool_existed)
+        remove_cloud_init_seeds(lab, boot_pool_existed, boot_dir_existed)
 
 
 def _measure(lab: Lab, runs: int) -> dict[str, Any]:
