@@ -150,9 +150,11 @@ def metadata_element(meta: Metadata) -> etree._Element:
     return M.vm(*children)
 
 
-def read_metadata(xml: str) -> Metadata | None:
-    """ivm's metadata from a domain's XML; None for domains ivm did not define."""
-    vm = etree.fromstring(xml.encode()).find(f"metadata/{{{NAMESPACE}}}vm")
+def read_metadata(xml: str | etree._Element) -> Metadata | None:
+    """ivm's metadata from a domain's XML (text, or already parsed); None for domains ivm did not
+    define."""
+    doc = etree.fromstring(xml.encode()) if isinstance(xml, str) else xml
+    vm = doc.find(f"metadata/{{{NAMESPACE}}}vm")
     return None if vm is None else _metadata_of(vm, f"{{{NAMESPACE}}}")
 
 

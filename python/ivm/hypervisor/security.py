@@ -41,9 +41,11 @@ def qemu_gid(caps_xml: str, virt_type: str) -> int | None:
     return int(chosen.text.split(":")[1].lstrip("+"))
 
 
-def static_uid(xml: str) -> int | None:
-    """The uid of a domain's static DAC label, if it has one. Pure."""
-    for label in etree.fromstring(xml.encode()).iterfind("seclabel"):
+def static_uid(xml: str | etree._Element) -> int | None:
+    """The uid of a domain's static DAC label (its XML as text, or already parsed), if it has one.
+    Pure."""
+    doc = etree.fromstring(xml.encode()) if isinstance(xml, str) else xml
+    for label in doc.iterfind("seclabel"):
         if label.get("model") == "dac" and label.get("type") == "static":
             text = label.findtext("label") or ""
             try:

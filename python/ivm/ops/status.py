@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from lxml import etree
 
 from ivm.config import Settings
 from ivm.disks import boot_base
@@ -24,6 +27,9 @@ from ivm.ops.session import open_hypervisor
 from ivm.volumes import base_volume, vm_volumes
 
 log = logging.getLogger("ivm.status")
+# Threads reading VMs' rows on one connection (libvirt connections take concurrent calls): the
+# daemon answers one VM while this process parses another's XML.
+READERS = 4
 
 
 class VmState(StrEnum):
@@ -82,7 +88,8 @@ def status(
             with open_hypervisor(settings, uri) as hv:
                 hv.domains.list_all()  # three calls for the fleet, not a few per VM
                 hv.storage.list_all()
-                rows = [vm_status(hv, name, detail) for name in vms]
+                with ThreadPoolExecutor(READERS) as readers:  # calls in flight while rows are parsed
+                    rows = list(readers.map(lambda name: vm_status(hv, name, detail), vms))
                 newest = _newest_in_pool(hv, settings, rows)
                 out += [_with_drift(r, current.get(r.name) or newest.get(r.name)) for r in rows]
         except ToolError as e:
@@ -160,10 +167,11 @@ def vm_status(hv: Hypervisor, name: str, detail: bool = True) -> VmStatus:
     xml = hv.domains.xml_unless_gone(dom) if dom is not None else None  # drift needs the whole XML
     if xml is None:
         dom = None  # undefined by another client since the listing
-    meta = read_metadata(xml) if xml is not None else None
+    doc = etree.fromstring(xml.encode()) if xml is not None else None  # parsed once, read twice
+    meta = read_metadata(doc) if doc is not None else None
     drift = (
         find_drift(
-            hv.storage, hv.uri, vols, static_uid(xml) if xml else None,
+            hv.storage, hv.uri, vols, static_uid(doc) if doc is not None else None,
             base_volume(meta.base) if meta and meta.base else None,
         )
         if detail
