@@ -4,6 +4,7 @@ per VM. On libvirt's test driver, with the calls counted."""
 from __future__ import annotations
 
 import secrets
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from ivm.storage_xml import volume_xml
 from ivm.volumes import vm_volumes
 from tests.conftest import Project, machine_entry
 
+COUNTING = threading.Lock()
 LIBVIRT_TYPES = (libvirt.virConnect, libvirt.virDomain, libvirt.virStoragePool, libvirt.virStorageVol)
 
 
@@ -37,7 +39,8 @@ class Counting:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._calls[name] += 1
+            with COUNTING:  # `status` reads VMs from several threads
+                self._calls[name] += 1
             unwrapped = [a._target if isinstance(a, Counting) else a for a in args]
             return wrap(attr(*unwrapped, **kwargs), self._calls)
 
