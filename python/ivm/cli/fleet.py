@@ -37,7 +37,8 @@ def list_(settings: Settings, as_json: bool) -> None:
     """List every machine with its state and base. Exit code 1 if any hypervisor could not be
     reached (the machines on the others are still listed).
 
-    Quick: no `nix eval` (`status` says whether each VM runs the current build).
+    Quick: no `nix eval` (`status` says whether each VM runs the current build), and one libvirt
+    answer per VM (`status` also reads the var disk's use and the disks' ownership).
     """
     rows = status_ops.status(settings, evaluate=False, detail=False)
     output.print_status(rows, as_json, detail=False)
