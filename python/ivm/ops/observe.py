@@ -99,11 +99,15 @@ def orphans(hv: Hypervisor, settings: Settings) -> list[Orphan]:
     """Domains ivm defined with disks in this pool whose machine is not in machines.json."""
     found: list[Orphan] = []
     for dom in hv.domains.all():
+        if dom.name() in settings.machines:
+            continue  # a machine's own domain: no need to read it
         xml = hv.domains.xml_unless_gone(dom)
-        meta = read_metadata(xml) if xml is not None else None
-        if xml is None or meta is None or dom.name() in settings.machines:
+        if xml is None:
+            continue  # undefined by another client since the listing
+        root = etree.fromstring(xml.encode())  # parsed once, read twice
+        meta = read_metadata(root)
+        if meta is None:
             continue
-        root = etree.fromstring(xml.encode())
         if not any(src.get("pool") == settings.pool for src in root.iterfind("devices/disk/source")):
             continue  # another pool's VM: another project's fleet
         found.append(Orphan(dom.name(), hv.uri, meta.machine, hv.domains.state(dom) is not State.SHUT_OFF))
