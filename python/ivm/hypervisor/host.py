@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from lxml import etree
@@ -32,18 +33,23 @@ class Hypervisor:
     storage: Storage
     domains: Domains
     _conn: Connection = field(repr=False)
-    # Read once per connection, not once per VM: a fleet command's cost must not grow with VMs
-    # times domains. The uids are kept current with every label handed out through this connection.
-    _caps: list[str] = field(default_factory=list, repr=False, compare=False)
-    _uids: list[dict[str, int | None]] = field(default_factory=list, repr=False, compare=False)
+
+    # The capabilities and the domains' uids are read once per connection, not once per VM: a
+    # fleet command's cost must not grow with VMs times domains. The uids are kept current with
+    # every label handed out through this connection.
+    @cached_property
+    def _capabilities(self) -> str:
+        return capabilities(self._conn)
+
+    @cached_property
+    def _uids(self) -> dict[str, int | None]:
+        return domain_uids(self._conn)
 
     def virt_type(self, override: str | None) -> str:
         return virt_type(self._conn, self.uri, override)
 
     def capabilities(self) -> str:
-        if not self._caps:
-            self._caps.append(capabilities(self._conn))
-        return self._caps[0]
+        return self._capabilities
 
     def has_dac(self) -> bool:
         return caps_have_dac(self.capabilities())
@@ -52,11 +58,9 @@ class Hypervisor:
         caps = self.capabilities()
         if not needs_own_uid(self.uri, caps):
             return None
-        if not self._uids:
-            self._uids.append(domain_uids(self._conn))
-        label = label_for(self.uri, caps, virt, name, self._uids[0])
+        label = label_for(self.uri, caps, virt, name, self._uids)
         if label is not None:
-            self._uids[0][name] = label.uid
+            self._uids[name] = label.uid
         return label
 
 
